@@ -1,0 +1,104 @@
+//! The one error type of Herald's runtime.
+
+use std::time::Duration;
+
+/// A `Result` whose error defaults to Herald's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong when recording, reading or transitioning.
+///
+/// Validation errors (`Empty*`, `UnknownAction`, `MetadataNotObject`, …) are
+/// returned before anything is written: the transaction is left exactly as it was.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The subject's type was an empty string.
+    #[error("subject type must not be empty (for example Subject::new(\"issue\", 42))")]
+    EmptySubjectType,
+
+    /// The actor's type was an empty string.
+    #[error("actor type must not be empty (for example Actor::new(\"user\", 7) or Actor::system())")]
+    EmptyActorType,
+
+    /// The action is not declared for a subject that has declarations.
+    #[error(
+        "unknown action `{action}` for subject `{subject}`; declared actions are {}",
+        allowed.join(", ")
+    )]
+    UnknownAction {
+        /// The subject type the event was recorded on.
+        subject: String,
+        /// The action that was refused.
+        action: String,
+        /// Every action declared for `subject`, sorted.
+        allowed: Vec<&'static str>,
+    },
+
+    /// The action name was empty.
+    #[error("action must not be empty")]
+    EmptyAction,
+
+    /// Metadata must be a JSON object (`{…}`).
+    #[error("metadata must be a JSON object, got {found}")]
+    MetadataNotObject {
+        /// The JSON kind that was given instead: `an array`, `a string`, ….
+        found: &'static str,
+    },
+
+    /// Metadata could not be serialized to JSON.
+    #[error("metadata could not be serialized to JSON: {reason}")]
+    MetadataSerialize {
+        /// What serde_json reported.
+        reason: String,
+    },
+
+    /// A throttle window longer than the store can represent.
+    #[error("throttle window {0:?} is too long")]
+    ThrottleTooLong(Duration),
+
+    /// A feed cursor that was not produced by Herald (or was corrupted).
+    #[error("invalid feed cursor `{0}`")]
+    InvalidCursor(String),
+
+    /// A feed page size of zero or above the maximum.
+    #[error("feed limit must be between 1 and {max}, got {got}")]
+    InvalidLimit {
+        /// The limit that was asked for.
+        got: u32,
+        /// The largest page Herald serves.
+        max: u32,
+    },
+
+    /// The URL names no backend Herald supports.
+    #[error("unsupported database url `{0}`; use sqlite://… or postgres://…")]
+    UnsupportedUrl(String),
+
+    /// A stored row could not be turned into an [`Event`](crate::Event).
+    #[error("stored event {id} is malformed: {reason}")]
+    Corrupt {
+        /// The row's id.
+        id: i64,
+        /// What was wrong with it.
+        reason: String,
+    },
+
+    /// Applying the embedded migrations failed.
+    #[error("migration failed")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+
+    /// The database refused or failed a statement.
+    #[error("database error")]
+    Database(#[source] sqlx::Error),
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        Error::Database(e)
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for Error {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        Error::Migrate(e)
+    }
+}

@@ -1,0 +1,193 @@
+//! Feeds: newest-first pages of events with an opaque keyset cursor.
+//!
+//! Pages are ordered by `(created_at, id)` descending and continue from a cursor
+//! (`(created_at, id) < cursor`), never an `OFFSET`, over indexes that start with the
+//! filtered column (`subject`, `actor`) and end with `(created_at, id)`. A page costs
+//! the same at the first event as at the millionth.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+
+use crate::error::{Error, Result};
+use crate::model::{Actor, Event, Subject};
+use crate::store::Store;
+
+/// The largest page a feed serves.
+pub const MAX_LIMIT: u32 = 1000;
+const DEFAULT_LIMIT: u32 = 50;
+
+/// A position in a feed; pass it to [`Feed::before`] to get the next (older) page.
+///
+/// Its text form (`Display` / `FromStr`) is opaque: hand it to clients as is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cursor {
+    pub(crate) created_at_micros: i64,
+    pub(crate) id: i64,
+}
+
+impl Cursor {
+    pub(crate) fn of(event: &Event) -> Self {
+        Cursor { created_at_micros: event.created_at.timestamp_micros(), id: event.id.0 }
+    }
+
+    pub(crate) fn created_at(&self) -> Result<DateTime<Utc>> {
+        DateTime::from_timestamp_micros(self.created_at_micros).ok_or_else(|| Error::InvalidCursor(self.to_string()))
+    }
+}
+
+impl fmt::Display for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}{:016x}", self.created_at_micros as u64, self.id as u64)
+    }
+}
+
+impl FromStr for Cursor {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || Error::InvalidCursor(s.to_owned());
+        if s.len() != 32 || !s.is_ascii() {
+            return Err(bad());
+        }
+        let (t, id) = s.split_at(16);
+        let t = u64::from_str_radix(t, 16).map_err(|_| bad())? as i64;
+        let id = u64::from_str_radix(id, 16).map_err(|_| bad())? as i64;
+        let cursor = Cursor { created_at_micros: t, id };
+        if id <= 0 {
+            return Err(bad());
+        }
+        cursor.created_at().map_err(|_| bad())?;
+        Ok(cursor)
+    }
+}
+
+/// One page of a feed.
+#[derive(Debug, Clone)]
+pub struct Page {
+    /// The events, newest first.
+    pub events: Vec<Event>,
+    /// Where the next (older) page starts, or `None` when this was the last page.
+    pub next: Option<Cursor>,
+}
+
+/// A feed query, built from [`Store::feed`]. Every filter is optional and they combine.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> event_core::Result<()> {
+/// # let store = event_core::Store::connect("sqlite::memory:").await?;
+/// # store.migrate().await?;
+/// use event_core::{Actor, Subject};
+/// let alice = Actor::new("user", "alice");
+/// let mut tx = store.begin().await?;
+/// for n in 0..5 {
+///     tx.record(Subject::new("doc", n), "edited", &alice).await?;
+/// }
+/// tx.commit().await?;
+///
+/// let first = store.feed().actor(&alice).limit(3).fetch().await?;
+/// let rest = store.feed().actor(&alice).limit(3).before(first.next.unwrap()).fetch().await?;
+/// assert_eq!((first.events.len(), rest.events.len(), rest.next), (3, 2, None));
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+#[must_use = "a feed does nothing until fetched"]
+pub struct Feed {
+    store: Store,
+    pub(crate) subject: Option<Subject>,
+    pub(crate) actor: Option<Actor>,
+    pub(crate) actions: Vec<String>,
+    pub(crate) since: Option<DateTime<Utc>>,
+    pub(crate) until: Option<DateTime<Utc>>,
+    pub(crate) before: Option<Cursor>,
+    pub(crate) limit: u32,
+}
+
+impl Feed {
+    pub(crate) fn new(store: Store) -> Self {
+        Feed {
+            store,
+            subject: None,
+            actor: None,
+            actions: Vec::new(),
+            since: None,
+            until: None,
+            before: None,
+            limit: DEFAULT_LIMIT,
+        }
+    }
+
+    /// Only events about `subject` (its audit trail).
+    pub fn subject(mut self, subject: &Subject) -> Self {
+        self.subject = Some(subject.clone());
+        self
+    }
+
+    /// Only events caused by `actor` (their activity feed).
+    pub fn actor(mut self, actor: &Actor) -> Self {
+        self.actor = Some(actor.clone());
+        self
+    }
+
+    /// Only these actions.
+    pub fn actions<I, S>(mut self, actions: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.actions = actions.into_iter().map(|a| a.as_ref().to_owned()).collect();
+        self
+    }
+
+    /// Only events recorded at or after `t`.
+    pub fn since(mut self, t: DateTime<Utc>) -> Self {
+        self.since = Some(t);
+        self
+    }
+
+    /// Only events recorded before `t`.
+    pub fn until(mut self, t: DateTime<Utc>) -> Self {
+        self.until = Some(t);
+        self
+    }
+
+    /// Continues after `cursor` (from a previous [`Page::next`]).
+    pub fn before(mut self, cursor: Cursor) -> Self {
+        self.before = Some(cursor);
+        self
+    }
+
+    /// Page size, 1 to [`MAX_LIMIT`]; 50 by default.
+    pub fn limit(mut self, limit: u32) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    /// The database's query plan for this feed page (`EXPLAIN` on PostgreSQL,
+    /// `EXPLAIN QUERY PLAN` on SQLite), to check that it runs on an index.
+    pub async fn explain(self) -> Result<String> {
+        self.check_limit()?;
+        self.store.explain_feed(&self).await
+    }
+
+    fn check_limit(&self) -> Result<()> {
+        if self.limit == 0 || self.limit > MAX_LIMIT {
+            return Err(Error::InvalidLimit { got: self.limit, max: MAX_LIMIT });
+        }
+        Ok(())
+    }
+
+    /// Fetches one page.
+    pub async fn fetch(self) -> Result<Page> {
+        self.check_limit()?;
+        let mut events = self.store.fetch_feed(&self).await?;
+        let next = if events.len() > self.limit as usize {
+            events.truncate(self.limit as usize);
+            events.last().map(Cursor::of)
+        } else {
+            None
+        };
+        Ok(Page { events, next })
+    }
+}

@@ -1,0 +1,368 @@
+//! The store: one contract, one module per backend (`sqlite.rs`, `postgres.rs`).
+//!
+//! [`Store`] is a cheap handle (clone it freely) over a connection pool for SQLite or
+//! PostgreSQL, chosen by URL. Both backends run the same API with the same guarantees;
+//! the SQL that differs lives in the backend modules, which mirror each other.
+
+mod postgres;
+mod sqlite;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::{Encode, PgConnection, QueryBuilder, SqliteConnection, Type};
+
+use crate::error::{Error, Result};
+use crate::feed::Feed;
+use crate::model::{Event, EventId};
+
+/// Which database a [`Store`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Embedded SQLite (a file, or memory).
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+}
+
+/// A handle to Herald's tables in one database.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> event_core::Result<()> {
+/// use event_core::{Actor, Store, Subject};
+///
+/// let store = Store::connect("sqlite::memory:").await?;
+/// store.migrate().await?;
+///
+/// let mut tx = store.begin().await?;
+/// tx.record(Subject::new("issue", 1), "created", Actor::new("user", 7)).await?;
+/// tx.commit().await?;
+///
+/// let page = store.feed().subject(&Subject::new("issue", 1)).fetch().await?;
+/// assert_eq!(page.events[0].action, "created");
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: Pool,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+impl Store {
+    /// Connects to `sqlite://path`, `sqlite::memory:` or `postgres://…`.
+    ///
+    /// SQLite files are created if missing and opened in WAL mode with a busy timeout,
+    /// so several connections (and processes) share one database safely.
+    pub async fn connect(url: &str) -> Result<Self> {
+        if url.starts_with("sqlite:") {
+            let mut opts =
+                SqliteConnectOptions::from_str(url)?.create_if_missing(true).busy_timeout(Duration::from_secs(10));
+            let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+            if !in_memory {
+                opts = opts.journal_mode(SqliteJournalMode::Wal);
+            }
+            let pool =
+                SqlitePoolOptions::new().max_connections(if in_memory { 4 } else { 8 }).connect_with(opts).await?;
+            Ok(Store::from_sqlite(pool))
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let opts = PgConnectOptions::from_str(url)?;
+            let pool = PgPoolOptions::new().max_connections(10).connect_with(opts).await?;
+            Ok(Store::from_postgres(pool))
+        } else {
+            Err(Error::UnsupportedUrl(url.to_owned()))
+        }
+    }
+
+    /// A store over an existing SQLite pool (its options are yours to choose; WAL and
+    /// a busy timeout are recommended).
+    pub fn from_sqlite(pool: SqlitePool) -> Self {
+        Store { pool: Pool::Sqlite(pool) }
+    }
+
+    /// A store over an existing PostgreSQL pool.
+    pub fn from_postgres(pool: PgPool) -> Self {
+        Store { pool: Pool::Postgres(pool) }
+    }
+
+    /// Which backend this store talks to.
+    pub fn backend(&self) -> Backend {
+        match self.pool {
+            Pool::Sqlite(_) => Backend::Sqlite,
+            Pool::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// The SQLite pool, when this is a SQLite store.
+    pub fn sqlite_pool(&self) -> Option<&SqlitePool> {
+        match &self.pool {
+            Pool::Sqlite(p) => Some(p),
+            Pool::Postgres(_) => None,
+        }
+    }
+
+    /// The PostgreSQL pool, when this is a PostgreSQL store.
+    pub fn postgres_pool(&self) -> Option<&PgPool> {
+        match &self.pool {
+            Pool::Postgres(p) => Some(p),
+            Pool::Sqlite(_) => None,
+        }
+    }
+
+    /// Applies Herald's embedded migrations (idempotent).
+    ///
+    /// Herald tracks its migrations in its own `_herald_migrations` table, so it never
+    /// collides with the application's own `sqlx migrate` history.
+    pub async fn migrate(&self) -> Result<()> {
+        match &self.pool {
+            Pool::Sqlite(p) => sqlite::migrate(p).await,
+            Pool::Postgres(p) => postgres::migrate(p).await,
+        }
+    }
+
+    /// Begins a transaction. Record events on it, run your own queries on it, then
+    /// [`commit`](Transaction::commit); dropping it rolls everything back.
+    ///
+    /// On SQLite the transaction is `BEGIN IMMEDIATE`: it takes the write lock up front
+    /// (waiting up to the busy timeout), so it can never fail half-way on a lock upgrade.
+    pub async fn begin(&self) -> Result<Transaction<'static>> {
+        let inner = match &self.pool {
+            Pool::Sqlite(p) => TxInner::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
+            Pool::Postgres(p) => TxInner::Postgres(p.begin().await?),
+        };
+        Ok(Transaction { inner })
+    }
+
+    /// A feed query over this store's events, newest first.
+    pub fn feed(&self) -> Feed {
+        Feed::new(self.clone())
+    }
+
+    /// One event by id.
+    pub async fn event(&self, id: EventId) -> Result<Option<Event>> {
+        match &self.pool {
+            Pool::Sqlite(p) => sqlite::event(p, id).await,
+            Pool::Postgres(p) => postgres::event(p, id).await,
+        }
+    }
+
+    /// The database's plan for a feed query, one line per plan node.
+    pub(crate) async fn explain_feed(&self, feed: &Feed) -> Result<String> {
+        match &self.pool {
+            Pool::Sqlite(p) => sqlite::explain_feed(p, feed).await,
+            Pool::Postgres(p) => postgres::explain_feed(p, feed).await,
+        }
+    }
+
+    /// Runs a feed query: up to `limit + 1` events, newest first.
+    pub(crate) async fn fetch_feed(&self, feed: &Feed) -> Result<Vec<Event>> {
+        match &self.pool {
+            Pool::Sqlite(p) => sqlite::feed(p, feed).await,
+            Pool::Postgres(p) => postgres::feed(p, feed).await,
+        }
+    }
+}
+
+/// The columns every event query selects, in the order the backends decode them.
+const EVENT_COLUMNS: &str =
+    "id, subject_type, subject_id, actor_type, actor_id, action, metadata, created_at, causation_id, correlation_id";
+
+/// Builds a feed query for either backend; `time` converts a timestamp to the
+/// backend's stored representation.
+fn feed_query<DB, T>(prefix: &str, feed: &Feed, time: fn(DateTime<Utc>) -> T) -> Result<QueryBuilder<DB>>
+where
+    DB: sqlx::Database,
+    DB::Arguments: Default,
+    String: for<'t> Encode<'t, DB> + Type<DB>,
+    i64: for<'t> Encode<'t, DB> + Type<DB>,
+    T: for<'t> Encode<'t, DB> + Type<DB>,
+{
+    let mut q = QueryBuilder::new(format!("{prefix}SELECT {EVENT_COLUMNS} FROM herald_events WHERE TRUE"));
+    if let Some(s) = &feed.subject {
+        q.push(" AND subject_type = ").push_bind(s.kind.clone());
+        q.push(" AND subject_id = ").push_bind(s.id.clone());
+    }
+    if let Some(a) = &feed.actor {
+        q.push(" AND actor_type = ").push_bind(a.kind.clone());
+        q.push(" AND actor_id = ").push_bind(a.id.clone());
+    }
+    if !feed.actions.is_empty() {
+        q.push(" AND action IN (");
+        let mut list = q.separated(", ");
+        for a in &feed.actions {
+            list.push_bind(a.clone());
+        }
+        q.push(")");
+    }
+    if let Some(t) = feed.since {
+        q.push(" AND created_at >= ").push_bind(time(t));
+    }
+    if let Some(t) = feed.until {
+        q.push(" AND created_at < ").push_bind(time(t));
+    }
+    if let Some(c) = feed.before {
+        q.push(" AND (created_at, id) < (").push_bind(time(c.created_at()?));
+        q.push(", ").push_bind(c.id).push(")");
+    }
+    q.push(" ORDER BY created_at DESC, id DESC LIMIT ").push_bind(i64::from(feed.limit) + 1);
+    Ok(q)
+}
+
+/// A database transaction (or a savepoint inside one) that events are recorded in.
+///
+/// Events recorded here become visible to feeds and inboxes only when the outermost
+/// transaction commits; a rollback, or a rolled-back savepoint, discards them with
+/// everything else done in it. Your own sqlx queries run on the same transaction
+/// through [`sqlite`](Self::sqlite), [`postgres`](Self::postgres) or
+/// [`connection`](Self::connection).
+#[derive(Debug)]
+pub struct Transaction<'c> {
+    inner: TxInner<'c>,
+}
+
+#[derive(Debug)]
+enum TxInner<'c> {
+    Sqlite(sqlx::Transaction<'c, sqlx::Sqlite>),
+    Postgres(sqlx::Transaction<'c, sqlx::Postgres>),
+}
+
+/// The connection underneath a [`Transaction`], for your own queries.
+#[derive(Debug)]
+pub enum Connection<'a> {
+    /// A SQLite connection.
+    Sqlite(&'a mut SqliteConnection),
+    /// A PostgreSQL connection.
+    Postgres(&'a mut PgConnection),
+}
+
+impl<'c> Transaction<'c> {
+    /// Which backend this transaction runs on.
+    pub fn backend(&self) -> Backend {
+        match self.inner {
+            TxInner::Sqlite(_) => Backend::Sqlite,
+            TxInner::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// The connection, for your own queries in this transaction.
+    pub fn connection(&mut self) -> Connection<'_> {
+        match &mut self.inner {
+            TxInner::Sqlite(tx) => Connection::Sqlite(tx),
+            TxInner::Postgres(tx) => Connection::Postgres(tx),
+        }
+    }
+
+    /// The SQLite connection, when this is a SQLite transaction.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> event_core::Result<()> {
+    /// # let store = event_core::Store::connect("sqlite::memory:").await?;
+    /// let mut tx = store.begin().await?;
+    /// if let Some(conn) = tx.sqlite() {
+    ///     sqlx::query("CREATE TABLE issues (id INTEGER PRIMARY KEY)").execute(conn).await?;
+    /// }
+    /// tx.commit().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn sqlite(&mut self) -> Option<&mut SqliteConnection> {
+        match &mut self.inner {
+            TxInner::Sqlite(tx) => Some(tx),
+            TxInner::Postgres(_) => None,
+        }
+    }
+
+    /// The PostgreSQL connection, when this is a PostgreSQL transaction.
+    pub fn postgres(&mut self) -> Option<&mut PgConnection> {
+        match &mut self.inner {
+            TxInner::Postgres(tx) => Some(tx),
+            TxInner::Sqlite(_) => None,
+        }
+    }
+
+    /// Opens a savepoint: a nested transaction whose rollback undoes only what was
+    /// done in it. Its commit releases the savepoint; nothing is visible outside until
+    /// the outermost transaction commits.
+    pub async fn savepoint(&mut self) -> Result<Transaction<'_>> {
+        let inner = match &mut self.inner {
+            TxInner::Sqlite(tx) => TxInner::Sqlite(sqlx::Connection::begin(&mut **tx).await?),
+            TxInner::Postgres(tx) => TxInner::Postgres(sqlx::Connection::begin(&mut **tx).await?),
+        };
+        Ok(Transaction { inner })
+    }
+
+    /// Commits (or, for a savepoint, releases) the transaction.
+    pub async fn commit(self) -> Result<()> {
+        match self.inner {
+            TxInner::Sqlite(tx) => tx.commit().await?,
+            TxInner::Postgres(tx) => tx.commit().await?,
+        }
+        Ok(())
+    }
+
+    /// Rolls back everything done in this transaction (or savepoint).
+    pub async fn rollback(self) -> Result<()> {
+        match self.inner {
+            TxInner::Sqlite(tx) => tx.rollback().await?,
+            TxInner::Postgres(tx) => tx.rollback().await?,
+        }
+        Ok(())
+    }
+
+    /// Writes one validated event; returns it as stored.
+    pub(crate) async fn insert(&mut self, event: crate::NewEvent) -> Result<Event> {
+        event.validate()?;
+        match &mut self.inner {
+            TxInner::Sqlite(tx) => sqlite::insert(tx, event).await,
+            TxInner::Postgres(tx) => postgres::insert(tx, event).await,
+        }
+    }
+
+    /// Writes `event` unless one with the same subject and action exists within `window`.
+    pub(crate) async fn insert_throttled(&mut self, event: crate::NewEvent, window: Duration) -> Result<Option<Event>> {
+        event.validate()?;
+        let window = chrono::Duration::from_std(window).map_err(|_| Error::ThrottleTooLong(window))?;
+        match &mut self.inner {
+            TxInner::Sqlite(tx) => sqlite::insert_throttled(tx, event, window).await,
+            TxInner::Postgres(tx) => postgres::insert_throttled(tx, event, window).await,
+        }
+    }
+
+    /// Writes many events in one statement (per chunk on SQLite); all or nothing.
+    ///
+    /// Every event is validated before anything is written. Returns the new ids in
+    /// the order the events were given.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> event_core::Result<()> {
+    /// # let store = event_core::Store::connect("sqlite::memory:").await?;
+    /// # store.migrate().await?;
+    /// use event_core::{Actor, NewEvent, Subject};
+    /// let mut tx = store.begin().await?;
+    /// let ids = tx
+    ///     .record_all((0..3).map(|n| NewEvent::new(Subject::new("page", n), "viewed", Actor::system())))
+    ///     .await?;
+    /// tx.commit().await?;
+    /// assert_eq!(ids.len(), 3);
+    /// # Ok(()) }
+    /// ```
+    pub async fn record_all(&mut self, events: impl IntoIterator<Item = crate::NewEvent>) -> Result<Vec<EventId>> {
+        let events: Vec<_> = events.into_iter().collect();
+        for e in &events {
+            e.validate()?;
+        }
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        match &mut self.inner {
+            TxInner::Sqlite(tx) => sqlite::insert_all(tx, &events).await,
+            TxInner::Postgres(tx) => postgres::insert_all(tx, &events).await,
+        }
+    }
+}

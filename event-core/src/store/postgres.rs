@@ -1,0 +1,168 @@
+//! PostgreSQL: the production backend. Mirrors `sqlite.rs`.
+//!
+//! Timestamps are `timestamptz`, metadata `jsonb`. Every event row also stores the
+//! id of the transaction that wrote it (`tx_id xid8`), so a reader can tell which
+//! events are committed *and* have no uncommitted predecessor: sequence values are
+//! handed out at insert, not at commit, so ids alone are not a commit order.
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+use sqlx::postgres::{PgConnection, PgPool, PgRow};
+use sqlx::types::Json;
+use sqlx::{Postgres, Row};
+
+use super::{EVENT_COLUMNS, feed_query};
+use crate::error::Result;
+use crate::feed::Feed;
+use crate::model::{Event, EventId, NewEvent, now};
+
+pub(super) async fn migrate(pool: &PgPool) -> Result<()> {
+    let mut migrator = sqlx::migrate!("migrations/postgres");
+    migrator.dangerous_set_table_name("_herald_migrations");
+    migrator.run(pool).await?;
+    Ok(())
+}
+
+pub(super) async fn insert(conn: &mut PgConnection, event: NewEvent) -> Result<Event> {
+    let created_at = now();
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO herald_events (subject_type, subject_id, actor_type, actor_id, action, metadata, \
+         created_at, causation_id, correlation_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+    )
+    .bind(&event.subject.kind)
+    .bind(&event.subject.id)
+    .bind(&event.actor.kind)
+    .bind(&event.actor.id)
+    .bind(&event.action)
+    .bind(Json(&event.metadata))
+    .bind(created_at)
+    .bind(event.causation_id.map(|c| c.0))
+    .bind(event.correlation_id.map(|c| c.0))
+    .fetch_one(conn)
+    .await?;
+    Ok(event.into_event(EventId(id), created_at))
+}
+
+/// Two statements: the upsert takes a row lock on `(subject, action)` in
+/// `herald_throttle` that a concurrent throttled record waits on until this
+/// transaction ends; the insert, a fresh statement with a fresh snapshot, then sees
+/// every event the lock holder committed. (Under REPEATABLE READ or SERIALIZABLE the
+/// waiter gets a serialization failure instead of a duplicate.)
+pub(super) async fn insert_throttled(
+    conn: &mut PgConnection,
+    event: NewEvent,
+    window: chrono::Duration,
+) -> Result<Option<Event>> {
+    let created_at = now();
+    sqlx::query(
+        "INSERT INTO herald_throttle (subject_type, subject_id, action, last_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (subject_type, subject_id, action) DO UPDATE SET last_at = EXCLUDED.last_at",
+    )
+    .bind(&event.subject.kind)
+    .bind(&event.subject.id)
+    .bind(&event.action)
+    .bind(created_at)
+    .execute(&mut *conn)
+    .await?;
+    let id: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO herald_events (subject_type, subject_id, actor_type, actor_id, action, metadata, \
+         created_at, causation_id, correlation_id) \
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 WHERE NOT EXISTS (SELECT 1 FROM herald_events \
+         WHERE subject_type = $1 AND subject_id = $2 AND action = $5 AND created_at > $10) RETURNING id",
+    )
+    .bind(&event.subject.kind)
+    .bind(&event.subject.id)
+    .bind(&event.actor.kind)
+    .bind(&event.actor.id)
+    .bind(&event.action)
+    .bind(Json(&event.metadata))
+    .bind(created_at)
+    .bind(event.causation_id.map(|c| c.0))
+    .bind(event.correlation_id.map(|c| c.0))
+    .bind(created_at - window)
+    .fetch_optional(conn)
+    .await?;
+    Ok(id.map(|id| event.into_event(EventId(id), created_at)))
+}
+
+/// One statement for any number of events: columns travel as arrays and `UNNEST`
+/// turns them back into rows (no parameter limit, one round trip).
+pub(super) async fn insert_all(conn: &mut PgConnection, events: &[NewEvent]) -> Result<Vec<EventId>> {
+    let n = events.len();
+    let (mut st, mut si, mut at, mut ai, mut ac) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut md, mut ca, mut co) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    for e in events {
+        st.push(e.subject.kind.as_str());
+        si.push(e.subject.id.as_str());
+        at.push(e.actor.kind.as_str());
+        ai.push(e.actor.id.as_str());
+        ac.push(e.action.as_str());
+        md.push(Json(&e.metadata));
+        ca.push(e.causation_id.map(|c| c.0));
+        co.push(e.correlation_id.map(|c| c.0));
+    }
+    let mut ids: Vec<i64> = sqlx::query_scalar(
+        "INSERT INTO herald_events (subject_type, subject_id, actor_type, actor_id, action, metadata, \
+         created_at, causation_id, correlation_id) \
+         SELECT st, si, at, ai, ac, md, $6, ca, co \
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $7::jsonb[], $8::int8[], $9::int8[]) \
+         WITH ORDINALITY AS t(st, si, at, ai, ac, md, ca, co, ord) ORDER BY ord RETURNING id",
+    )
+    .bind(st)
+    .bind(si)
+    .bind(at)
+    .bind(ai)
+    .bind(ac)
+    .bind(now())
+    .bind(md)
+    .bind(ca)
+    .bind(co)
+    .fetch_all(conn)
+    .await?;
+    // Sequence values are drawn in insertion order (ORDER BY ord); RETURNING's order is unspecified.
+    ids.sort_unstable();
+    Ok(ids.into_iter().map(EventId).collect())
+}
+
+fn decode(row: &PgRow) -> Result<Event> {
+    let id: i64 = row.try_get("id")?;
+    let metadata: Json<Map<String, Value>> = row.try_get("metadata")?;
+    let created_at: DateTime<Utc> = row.try_get("created_at")?;
+    let causation: Option<i64> = row.try_get("causation_id")?;
+    let correlation: Option<i64> = row.try_get("correlation_id")?;
+    Ok(Event {
+        id: EventId(id),
+        subject: crate::Subject { kind: row.try_get("subject_type")?, id: row.try_get("subject_id")? },
+        actor: crate::Actor { kind: row.try_get("actor_type")?, id: row.try_get("actor_id")? },
+        action: row.try_get("action")?,
+        metadata: metadata.0,
+        created_at,
+        causation_id: causation.map(EventId),
+        correlation_id: EventId(correlation.unwrap_or(id)),
+    })
+}
+
+pub(super) async fn event(pool: &PgPool, id: EventId) -> Result<Option<Event>> {
+    let sql = format!("SELECT {EVENT_COLUMNS} FROM herald_events WHERE id = $1");
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id.0).fetch_optional(pool).await?;
+    row.as_ref().map(decode).transpose()
+}
+
+pub(super) async fn feed(pool: &PgPool, feed: &Feed) -> Result<Vec<Event>> {
+    let mut q = feed_query::<Postgres, DateTime<Utc>>("", feed, |t| t)?;
+    let rows = q.build().fetch_all(pool).await?;
+    rows.iter().map(decode).collect()
+}
+
+pub(super) async fn explain_feed(pool: &PgPool, feed: &Feed) -> Result<String> {
+    let mut q = feed_query::<Postgres, DateTime<Utc>>("EXPLAIN ", feed, |t| t)?;
+    let rows = q.build().fetch_all(pool).await?;
+    let lines: Vec<String> = rows.iter().map(|r| r.try_get::<String, _>(0)).collect::<Result<_, _>>()?;
+    Ok(lines.join("\n"))
+}

@@ -1,0 +1,164 @@
+//! SQLite: the embedded backend. Mirrors `postgres.rs`.
+//!
+//! Timestamps are stored as fixed-width RFC 3339 text (`2026-11-30T10:49:55.123456Z`),
+//! which sorts like time and stays readable in the `sqlite3` shell. Metadata is JSON
+//! text. Writers are serialized by SQLite's single write lock, which Herald's
+//! transactions take up front (`BEGIN IMMEDIATE`).
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use serde_json::{Map, Value};
+use sqlx::sqlite::{SqliteConnection, SqlitePool, SqliteRow};
+use sqlx::{QueryBuilder, Row, Sqlite};
+
+use super::{EVENT_COLUMNS, feed_query};
+use crate::error::{Error, Result};
+use crate::feed::Feed;
+use crate::model::{Event, EventId, NewEvent, now};
+
+const TIME_FORMAT: &str = "%Y-%m-%dT%H:%M:%S%.6fZ";
+
+/// Rows per multi-row INSERT: 9 parameters each, well under SQLite's 32,766 limit.
+const BATCH_ROWS: usize = 3000;
+
+pub(super) async fn migrate(pool: &SqlitePool) -> Result<()> {
+    let mut migrator = sqlx::migrate!("migrations/sqlite");
+    migrator.dangerous_set_table_name("_herald_migrations");
+    migrator.run(pool).await?;
+    Ok(())
+}
+
+pub(crate) fn encode_time(t: DateTime<Utc>) -> String {
+    t.format(TIME_FORMAT).to_string()
+}
+
+fn decode_time(id: i64, s: &str) -> Result<DateTime<Utc>> {
+    NaiveDateTime::parse_from_str(s, TIME_FORMAT)
+        .map(|t| t.and_utc())
+        .map_err(|e| Error::Corrupt { id, reason: format!("created_at `{s}`: {e}") })
+}
+
+fn metadata_text(m: &Map<String, Value>) -> String {
+    // A map of JSON values always serializes.
+    Value::Object(m.clone()).to_string()
+}
+
+pub(super) async fn insert(conn: &mut SqliteConnection, event: NewEvent) -> Result<Event> {
+    let created_at = now();
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO herald_events (subject_type, subject_id, actor_type, actor_id, action, metadata, \
+         created_at, causation_id, correlation_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+    )
+    .bind(&event.subject.kind)
+    .bind(&event.subject.id)
+    .bind(&event.actor.kind)
+    .bind(&event.actor.id)
+    .bind(&event.action)
+    .bind(metadata_text(&event.metadata))
+    .bind(encode_time(created_at))
+    .bind(event.causation_id.map(|c| c.0))
+    .bind(event.correlation_id.map(|c| c.0))
+    .fetch_one(conn)
+    .await?;
+    Ok(event.into_event(EventId(id), created_at))
+}
+
+/// The transaction already holds SQLite's write lock (`BEGIN IMMEDIATE`), so the
+/// check and the insert cannot interleave with another writer's.
+pub(super) async fn insert_throttled(
+    conn: &mut SqliteConnection,
+    event: NewEvent,
+    window: chrono::Duration,
+) -> Result<Option<Event>> {
+    let created_at = now();
+    let id: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO herald_events (subject_type, subject_id, actor_type, actor_id, action, metadata, \
+         created_at, causation_id, correlation_id) \
+         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9 WHERE NOT EXISTS (SELECT 1 FROM herald_events \
+         WHERE subject_type = ?1 AND subject_id = ?2 AND action = ?5 AND created_at > ?10) RETURNING id",
+    )
+    .bind(&event.subject.kind)
+    .bind(&event.subject.id)
+    .bind(&event.actor.kind)
+    .bind(&event.actor.id)
+    .bind(&event.action)
+    .bind(metadata_text(&event.metadata))
+    .bind(encode_time(created_at))
+    .bind(event.causation_id.map(|c| c.0))
+    .bind(event.correlation_id.map(|c| c.0))
+    .bind(encode_time(created_at - window))
+    .fetch_optional(conn)
+    .await?;
+    Ok(id.map(|id| event.into_event(EventId(id), created_at)))
+}
+
+pub(super) async fn insert_all(conn: &mut SqliteConnection, events: &[NewEvent]) -> Result<Vec<EventId>> {
+    let created_at = encode_time(now());
+    let mut ids = Vec::with_capacity(events.len());
+    for chunk in events.chunks(BATCH_ROWS) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO herald_events (subject_type, subject_id, actor_type, actor_id, action, metadata, \
+             created_at, causation_id, correlation_id) ",
+        );
+        q.push_values(chunk, |mut row, e| {
+            row.push_bind(e.subject.kind.clone())
+                .push_bind(e.subject.id.clone())
+                .push_bind(e.actor.kind.clone())
+                .push_bind(e.actor.id.clone())
+                .push_bind(e.action.clone())
+                .push_bind(metadata_text(&e.metadata))
+                .push_bind(created_at.clone())
+                .push_bind(e.causation_id.map(|c| c.0))
+                .push_bind(e.correlation_id.map(|c| c.0));
+        });
+        q.push(" RETURNING id");
+        let mut chunk_ids: Vec<i64> = q.build_query_scalar().fetch_all(&mut *conn).await?;
+        // Rowids of one statement ascend in insertion order; RETURNING's order is unspecified.
+        chunk_ids.sort_unstable();
+        ids.extend(chunk_ids.into_iter().map(EventId));
+    }
+    Ok(ids)
+}
+
+fn decode(row: &SqliteRow) -> Result<Event> {
+    let id: i64 = row.try_get("id")?;
+    let metadata: String = row.try_get("metadata")?;
+    let metadata = match serde_json::from_str(&metadata) {
+        Ok(Value::Object(m)) => m,
+        Ok(other) => {
+            return Err(Error::Corrupt { id, reason: format!("metadata is {}", crate::model::json_kind(&other)) });
+        }
+        Err(e) => return Err(Error::Corrupt { id, reason: format!("metadata: {e}") }),
+    };
+    let created_at: String = row.try_get("created_at")?;
+    let causation: Option<i64> = row.try_get("causation_id")?;
+    let correlation: Option<i64> = row.try_get("correlation_id")?;
+    Ok(Event {
+        id: EventId(id),
+        subject: crate::Subject { kind: row.try_get("subject_type")?, id: row.try_get("subject_id")? },
+        actor: crate::Actor { kind: row.try_get("actor_type")?, id: row.try_get("actor_id")? },
+        action: row.try_get("action")?,
+        metadata,
+        created_at: decode_time(id, &created_at)?,
+        causation_id: causation.map(EventId),
+        correlation_id: EventId(correlation.unwrap_or(id)),
+    })
+}
+
+pub(super) async fn event(pool: &SqlitePool, id: EventId) -> Result<Option<Event>> {
+    let sql = format!("SELECT {EVENT_COLUMNS} FROM herald_events WHERE id = ?");
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id.0).fetch_optional(pool).await?;
+    row.as_ref().map(decode).transpose()
+}
+
+pub(super) async fn feed(pool: &SqlitePool, feed: &Feed) -> Result<Vec<Event>> {
+    let mut q = feed_query::<Sqlite, String>("", feed, encode_time)?;
+    let rows = q.build().fetch_all(pool).await?;
+    rows.iter().map(decode).collect()
+}
+
+pub(super) async fn explain_feed(pool: &SqlitePool, feed: &Feed) -> Result<String> {
+    let mut q = feed_query::<Sqlite, String>("EXPLAIN QUERY PLAN ", feed, encode_time)?;
+    let rows = q.build().fetch_all(pool).await?;
+    let lines: Vec<String> = rows.iter().map(|r| r.try_get::<String, _>("detail")).collect::<Result<_, _>>()?;
+    Ok(lines.join("\n"))
+}

@@ -1,0 +1,1 @@
+//! Herald procedural macros: `#[derive(StateMachine)]`, `#[derive(Action)]`.
