@@ -69,6 +69,68 @@ pub enum Error {
         max: u32,
     },
 
+    /// The event cannot fire from the subject's current state.
+    #[error(transparent)]
+    InvalidTransition(#[from] crate::state_machine::InvalidTransition),
+
+    /// The subject left the transition's `from` state between the read and the
+    /// compare-and-swap: someone else moved it first. Nothing was written.
+    #[error("stale state: {subject} is no longer `{expected}`; another transition moved it first")]
+    StaleState {
+        /// The subject whose state moved.
+        subject: String,
+        /// The state the transition started from.
+        expected: &'static str,
+    },
+
+    /// A guard refused the transition. Nothing was written.
+    #[error("transition `{event}` of {subject} rejected by its guard: {reason}")]
+    GuardRejected {
+        /// The subject.
+        subject: String,
+        /// The event that was refused.
+        event: &'static str,
+        /// The guard's reason.
+        reason: String,
+    },
+
+    /// The row whose state a transition should change does not exist.
+    #[error("no row in `{table}` where `{key}` = {id}")]
+    MissingRow {
+        /// The table of the state column.
+        table: &'static str,
+        /// The key column.
+        key: &'static str,
+        /// The subject id that was looked up.
+        id: String,
+    },
+
+    /// A transition of one machine fired on a subject of another type.
+    #[error("subject type `{given}` does not match the state machine's subject `{expected}`")]
+    WrongSubject {
+        /// The machine's subject type.
+        expected: &'static str,
+        /// The subject type given.
+        given: String,
+    },
+
+    /// The stored state is not a state of the machine.
+    #[error(transparent)]
+    UnknownState(#[from] crate::state_machine::UnknownState),
+
+    /// A state machine's table has no such column.
+    #[error("table `{table}` has no column `{column}`")]
+    UnknownColumn {
+        /// The table.
+        table: &'static str,
+        /// The column that was not found.
+        column: &'static str,
+    },
+
+    /// A table or column name in a machine's storage is not a plain SQL identifier.
+    #[error("`{0}` is not a valid SQL identifier (letters, digits, `_`, optionally `schema.name`)")]
+    InvalidIdentifier(&'static str),
+
     /// The URL names no backend Herald supports.
     #[error("unsupported database url `{0}`; use sqlite://… or postgres://…")]
     UnsupportedUrl(String),

@@ -40,20 +40,25 @@
 //! both backends refuse `UPDATE` and `DELETE` on it. Feeds read it through indexes on
 //! `(subject, created_at, id)`, `(actor, created_at, id)` and `(created_at, id)`.
 
+// Library code reports errors; it does not panic on input or I/O.
+#![warn(clippy::unwrap_used, clippy::expect_used)]
+
 pub mod action;
 mod error;
 pub mod feed;
+mod macro_support;
 mod model;
 mod record;
 pub mod state_machine;
 mod store;
+pub mod transition;
 
 pub use action::{Action, ActionDeclaration};
 pub use error::{Error, Result};
 pub use feed::{Cursor, Feed, Page};
 pub use model::{Actor, Event, EventId, NewEvent, Subject};
 pub use record::{Record, Throttled};
-pub use state_machine::{InvalidTransition, StateMachine, Transition};
+pub use state_machine::{InvalidTransition, StateMachine, Transition, UnknownState};
 pub use store::{Backend, Connection, Store, Transaction};
 
 #[doc(hidden)]
@@ -62,4 +67,6 @@ pub mod __private {
     pub use serde;
     pub use serde_json;
     pub use sqlx;
+
+    pub use crate::macro_support::*;
 }

@@ -69,6 +69,26 @@ pub struct InvalidTransition {
     pub permitted: Vec<&'static str>,
 }
 
+/// A name that is not one of a machine's states, from `FromStr`, serde or a
+/// database column.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown state `{name}` for {subject}; states are {}", states.join(", "))]
+pub struct UnknownState {
+    /// The subject type of the machine.
+    pub subject: &'static str,
+    /// The name that was given.
+    pub name: String,
+    /// Every state of the machine (snake_case), in declaration order.
+    pub states: Vec<&'static str>,
+}
+
+impl UnknownState {
+    /// The error for `name` against the states of `S`.
+    pub fn of<S: StateMachine>(name: &str) -> Self {
+        UnknownState { subject: S::SUBJECT, name: name.to_owned(), states: S::STATES.iter().map(S::name).collect() }
+    }
+}
+
 /// Where a machine's current state is persisted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Storage {
@@ -125,6 +145,32 @@ pub trait StateMachine: Copy + Eq + fmt::Debug + Send + Sync + Sized + 'static {
     /// The events that may fire from `self`, in declaration order.
     fn events(&self) -> Vec<&'static str> {
         Self::TRANSITIONS.iter().filter(|r| r.from.contains(self)).map(|r| r.event).collect()
+    }
+
+    /// Starts a persisted transition: `IssueStatus::fire(&mut tx, subject, IssueStatus::start, &actor)`.
+    ///
+    /// Awaiting it compares-and-swaps the stored state (it must still be the
+    /// transition's `from`) and records one `status_changed` event with
+    /// `{"from", "to", "event"}` merged into the caller's metadata, atomically, in `tx`.
+    fn fire<'t, 'c>(
+        tx: &'t mut crate::Transaction<'c>,
+        subject: impl Into<Subject>,
+        event: crate::transition::EventFn<Self>,
+        actor: impl Into<Actor>,
+    ) -> crate::transition::Fire<'t, 'c, Self> {
+        crate::transition::fire(tx, subject, event, actor)
+    }
+
+    /// Persists a transition computed beforehand (optimistic concurrency): fails with
+    /// [`Error::StaleState`](crate::Error::StaleState) if the stored state is no longer
+    /// `transition.from`. See [`transition::apply`](crate::transition::apply).
+    fn apply<'t, 'c>(
+        tx: &'t mut crate::Transaction<'c>,
+        subject: impl Into<Subject>,
+        transition: Transition<Self>,
+        actor: impl Into<Actor>,
+    ) -> crate::transition::Fire<'t, 'c, Self> {
+        crate::transition::apply(tx, subject, transition, actor)
     }
 
     /// The machine as a Mermaid `stateDiagram-v2`.

@@ -7,7 +7,9 @@
 mod postgres;
 mod sqlite;
 
+use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -17,7 +19,9 @@ use sqlx::{Encode, PgConnection, QueryBuilder, SqliteConnection, Type};
 
 use crate::error::{Error, Result};
 use crate::feed::Feed;
-use crate::model::{Event, EventId};
+use crate::model::{Event, EventId, NewEvent, Subject};
+use crate::state_machine::Storage;
+use crate::transition::Swap;
 
 /// Which database a [`Store`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +52,18 @@ pub enum Backend {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: Pool,
+    /// PostgreSQL column types of state-machine tables, looked up once per store.
+    column_types: Arc<Mutex<HashMap<StorageKey, ColumnTypes>>>,
+}
+
+/// A state column: `(table, column, key)`.
+type StorageKey = (&'static str, &'static str, &'static str);
+
+/// The SQL types of a state column and its key, for casting text parameters.
+#[derive(Debug, Clone)]
+pub(crate) struct ColumnTypes {
+    pub(crate) key: String,
+    pub(crate) column: String,
 }
 
 #[derive(Debug, Clone)]
@@ -84,12 +100,12 @@ impl Store {
     /// A store over an existing SQLite pool (its options are yours to choose; WAL and
     /// a busy timeout are recommended).
     pub fn from_sqlite(pool: SqlitePool) -> Self {
-        Store { pool: Pool::Sqlite(pool) }
+        Store { pool: Pool::Sqlite(pool), column_types: Arc::default() }
     }
 
     /// A store over an existing PostgreSQL pool.
     pub fn from_postgres(pool: PgPool) -> Self {
-        Store { pool: Pool::Postgres(pool) }
+        Store { pool: Pool::Postgres(pool), column_types: Arc::default() }
     }
 
     /// Which backend this store talks to.
@@ -137,7 +153,24 @@ impl Store {
             Pool::Sqlite(p) => TxInner::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
             Pool::Postgres(p) => TxInner::Postgres(p.begin().await?),
         };
-        Ok(Transaction { inner })
+        Ok(Transaction { inner, store: self.clone() })
+    }
+
+    /// The current state of `subject` under machine `S` (see [`Transaction::state`]).
+    pub async fn state<S: crate::StateMachine>(&self, subject: &crate::Subject) -> Result<S> {
+        let mut tx = self.begin_read().await?;
+        let state = tx.state::<S>(subject).await;
+        tx.rollback().await?;
+        state
+    }
+
+    /// A transaction for reading only: on SQLite it does not take the write lock.
+    async fn begin_read(&self) -> Result<Transaction<'static>> {
+        let inner = match &self.pool {
+            Pool::Sqlite(p) => TxInner::Sqlite(p.begin().await?),
+            Pool::Postgres(p) => TxInner::Postgres(p.begin().await?),
+        };
+        Ok(Transaction { inner, store: self.clone() })
     }
 
     /// A feed query over this store's events, newest first.
@@ -151,6 +184,19 @@ impl Store {
             Pool::Sqlite(p) => sqlite::event(p, id).await,
             Pool::Postgres(p) => postgres::event(p, id).await,
         }
+    }
+
+    /// The column types of a state-machine table on PostgreSQL (cached).
+    async fn column_types(&self, conn: &mut PgConnection, storage: Storage) -> Result<Option<ColumnTypes>> {
+        let Storage::Column { table, column, key } = storage else { return Ok(None) };
+        if let Some(types) = self.column_types.lock().ok().and_then(|m| m.get(&(table, column, key)).cloned()) {
+            return Ok(Some(types));
+        }
+        let types = postgres::column_types(conn, table, column, key).await?;
+        if let Ok(mut cache) = self.column_types.lock() {
+            cache.insert((table, column, key), types.clone());
+        }
+        Ok(Some(types))
     }
 
     /// The database's plan for a feed query, one line per plan node.
@@ -225,6 +271,7 @@ where
 #[derive(Debug)]
 pub struct Transaction<'c> {
     inner: TxInner<'c>,
+    store: Store,
 }
 
 #[derive(Debug)]
@@ -294,7 +341,7 @@ impl<'c> Transaction<'c> {
             TxInner::Sqlite(tx) => TxInner::Sqlite(sqlx::Connection::begin(&mut **tx).await?),
             TxInner::Postgres(tx) => TxInner::Postgres(sqlx::Connection::begin(&mut **tx).await?),
         };
-        Ok(Transaction { inner })
+        Ok(Transaction { inner, store: self.store.clone() })
     }
 
     /// Commits (or, for a savepoint, releases) the transaction.
@@ -316,7 +363,7 @@ impl<'c> Transaction<'c> {
     }
 
     /// Writes one validated event; returns it as stored.
-    pub(crate) async fn insert(&mut self, event: crate::NewEvent) -> Result<Event> {
+    pub(crate) async fn insert(&mut self, event: NewEvent) -> Result<Event> {
         event.validate()?;
         match &mut self.inner {
             TxInner::Sqlite(tx) => sqlite::insert(tx, event).await,
@@ -325,12 +372,35 @@ impl<'c> Transaction<'c> {
     }
 
     /// Writes `event` unless one with the same subject and action exists within `window`.
-    pub(crate) async fn insert_throttled(&mut self, event: crate::NewEvent, window: Duration) -> Result<Option<Event>> {
+    pub(crate) async fn insert_throttled(&mut self, event: NewEvent, window: Duration) -> Result<Option<Event>> {
         event.validate()?;
         let window = chrono::Duration::from_std(window).map_err(|_| Error::ThrottleTooLong(window))?;
         match &mut self.inner {
             TxInner::Sqlite(tx) => sqlite::insert_throttled(tx, event, window).await,
             TxInner::Postgres(tx) => postgres::insert_throttled(tx, event, window).await,
+        }
+    }
+
+    /// Reads the stored state name of `subject`, `None` when there is no row.
+    pub(crate) async fn read_state(&mut self, storage: Storage, subject: &Subject) -> Result<Option<String>> {
+        match &mut self.inner {
+            TxInner::Sqlite(tx) => sqlite::read_state(tx, storage, subject).await,
+            TxInner::Postgres(tx) => {
+                let types = self.store.column_types(tx, storage).await?;
+                postgres::read_state(tx, storage, types.as_ref(), subject).await
+            }
+        }
+    }
+
+    /// Compare-and-swap of the state plus the `status_changed` event, atomically;
+    /// `None` (and nothing written) when the state was no longer `swap.from`.
+    pub(crate) async fn swap_state(&mut self, swap: Swap, event: NewEvent) -> Result<Option<Event>> {
+        match &mut self.inner {
+            TxInner::Sqlite(tx) => sqlite::swap_state(tx, swap, event).await,
+            TxInner::Postgres(tx) => {
+                let types = self.store.column_types(tx, swap.storage).await?;
+                postgres::swap_state(tx, swap, types.as_ref(), event).await
+            }
         }
     }
 
@@ -352,7 +422,7 @@ impl<'c> Transaction<'c> {
     /// assert_eq!(ids.len(), 3);
     /// # Ok(()) }
     /// ```
-    pub async fn record_all(&mut self, events: impl IntoIterator<Item = crate::NewEvent>) -> Result<Vec<EventId>> {
+    pub async fn record_all(&mut self, events: impl IntoIterator<Item = NewEvent>) -> Result<Vec<EventId>> {
         let events: Vec<_> = events.into_iter().collect();
         for e in &events {
             e.validate()?;

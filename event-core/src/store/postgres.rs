@@ -11,10 +11,13 @@ use sqlx::postgres::{PgConnection, PgPool, PgRow};
 use sqlx::types::Json;
 use sqlx::{Postgres, Row};
 
+use super::ColumnTypes;
 use super::{EVENT_COLUMNS, feed_query};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::feed::Feed;
-use crate::model::{Event, EventId, NewEvent, now};
+use crate::model::{Event, EventId, NewEvent, Subject, now};
+use crate::state_machine::Storage;
+use crate::transition::Swap;
 
 pub(super) async fn migrate(pool: &PgPool) -> Result<()> {
     let mut migrator = sqlx::migrate!("migrations/postgres");
@@ -165,4 +168,95 @@ pub(super) async fn explain_feed(pool: &PgPool, feed: &Feed) -> Result<String> {
     let rows = q.build().fetch_all(pool).await?;
     let lines: Vec<String> = rows.iter().map(|r| r.try_get::<String, _>(0)).collect::<Result<_, _>>()?;
     Ok(lines.join("\n"))
+}
+
+/// The SQL types of a state column and its key, so text parameters can be cast to
+/// them (`CAST($1 AS bigint)`) and the key's index still serves the lookup.
+pub(super) async fn column_types(
+    conn: &mut PgConnection,
+    table: &'static str,
+    column: &'static str,
+    key: &'static str,
+) -> Result<ColumnTypes> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
+         WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped AND a.attname = ANY($2)",
+    )
+    .bind(table)
+    .bind(vec![column.to_lowercase(), key.to_lowercase()])
+    .fetch_all(conn)
+    .await?;
+    let find = |name: &'static str| {
+        rows.iter()
+            .find(|(n, _)| *n == name.to_lowercase())
+            .map(|(_, ty)| ty.clone())
+            .ok_or(Error::UnknownColumn { table, column: name })
+    };
+    Ok(ColumnTypes { column: find(column)?, key: find(key)? })
+}
+
+pub(super) async fn read_state(
+    conn: &mut PgConnection,
+    storage: Storage,
+    types: Option<&ColumnTypes>,
+    subject: &Subject,
+) -> Result<Option<String>> {
+    let state: Option<Option<String>> = match (storage, types) {
+        (Storage::Column { table, column, key }, Some(types)) => {
+            let sql = format!("SELECT {column}::text FROM {table} WHERE {key} = CAST($1 AS {})", types.key);
+            sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(&subject.id).fetch_optional(conn).await?
+        }
+        _ => {
+            sqlx::query_scalar("SELECT state FROM herald_states WHERE subject_type = $1 AND subject_id = $2")
+                .bind(&subject.kind)
+                .bind(&subject.id)
+                .fetch_optional(conn)
+                .await?
+        }
+    };
+    Ok(state.map(|s| s.unwrap_or_else(|| "NULL".to_owned())))
+}
+
+/// One statement: the swap is a data-modifying CTE and the event is inserted from
+/// its result, so there is an event exactly when the swap matched a row. A
+/// concurrent swap of the same row waits on the row lock, then re-checks `from`.
+pub(super) async fn swap_state(
+    conn: &mut PgConnection,
+    swap: Swap,
+    types: Option<&ColumnTypes>,
+    event: NewEvent,
+) -> Result<Option<Event>> {
+    let cas = match (swap.storage, types) {
+        (Storage::Column { table, column, key }, Some(types)) => format!(
+            "UPDATE {table} SET {column} = CAST($10 AS {ct}) WHERE {key} = CAST($2 AS {kt}) \
+             AND {column} = CAST($11 AS {ct}) RETURNING 1",
+            ct = types.column,
+            kt = types.key
+        ),
+        _ => "INSERT INTO herald_states (subject_type, subject_id, state, updated_at) VALUES ($1, $2, $10, $7) \
+              ON CONFLICT (subject_type, subject_id) DO UPDATE SET state = EXCLUDED.state, \
+              updated_at = EXCLUDED.updated_at WHERE herald_states.state = $11 RETURNING 1"
+            .to_owned(),
+    };
+    let sql = format!(
+        "WITH cas AS ({cas}) INSERT INTO herald_events (subject_type, subject_id, actor_type, actor_id, action, \
+         metadata, created_at, causation_id, correlation_id) \
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 FROM cas RETURNING id"
+    );
+    let created_at = now();
+    let id: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .bind(&event.subject.kind)
+        .bind(&event.subject.id)
+        .bind(&event.actor.kind)
+        .bind(&event.actor.id)
+        .bind(&event.action)
+        .bind(Json(&event.metadata))
+        .bind(created_at)
+        .bind(event.causation_id.map(|c| c.0))
+        .bind(event.correlation_id.map(|c| c.0))
+        .bind(swap.to)
+        .bind(swap.from)
+        .fetch_optional(conn)
+        .await?;
+    Ok(id.map(|id| event.into_event(EventId(id), created_at)))
 }

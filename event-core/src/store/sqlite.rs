@@ -13,7 +13,9 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 use super::{EVENT_COLUMNS, feed_query};
 use crate::error::{Error, Result};
 use crate::feed::Feed;
-use crate::model::{Event, EventId, NewEvent, now};
+use crate::model::{Event, EventId, NewEvent, Subject, now};
+use crate::state_machine::Storage;
+use crate::transition::Swap;
 
 const TIME_FORMAT: &str = "%Y-%m-%dT%H:%M:%S%.6fZ";
 
@@ -38,15 +40,15 @@ fn decode_time(id: i64, s: &str) -> Result<DateTime<Utc>> {
 }
 
 fn metadata_text(m: &Map<String, Value>) -> String {
-    // A map of JSON values always serializes.
-    Value::Object(m.clone()).to_string()
+    // A map of JSON values with string keys always serializes; "{}" is unreachable.
+    serde_json::to_string(m).unwrap_or_else(|_| "{}".to_owned())
 }
 
 pub(super) async fn insert(conn: &mut SqliteConnection, event: NewEvent) -> Result<Event> {
     let created_at = now();
-    let id: i64 = sqlx::query_scalar(
+    let done = sqlx::query(
         "INSERT INTO herald_events (subject_type, subject_id, actor_type, actor_id, action, metadata, \
-         created_at, causation_id, correlation_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+         created_at, causation_id, correlation_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(&event.subject.kind)
     .bind(&event.subject.id)
@@ -57,9 +59,9 @@ pub(super) async fn insert(conn: &mut SqliteConnection, event: NewEvent) -> Resu
     .bind(encode_time(created_at))
     .bind(event.causation_id.map(|c| c.0))
     .bind(event.correlation_id.map(|c| c.0))
-    .fetch_one(conn)
+    .execute(conn)
     .await?;
-    Ok(event.into_event(EventId(id), created_at))
+    Ok(event.into_event(EventId(done.last_insert_rowid()), created_at))
 }
 
 /// The transaction already holds SQLite's write lock (`BEGIN IMMEDIATE`), so the
@@ -100,21 +102,21 @@ pub(super) async fn insert_all(conn: &mut SqliteConnection, events: &[NewEvent])
              created_at, causation_id, correlation_id) ",
         );
         q.push_values(chunk, |mut row, e| {
-            row.push_bind(e.subject.kind.clone())
-                .push_bind(e.subject.id.clone())
-                .push_bind(e.actor.kind.clone())
-                .push_bind(e.actor.id.clone())
-                .push_bind(e.action.clone())
+            row.push_bind(e.subject.kind.as_str())
+                .push_bind(e.subject.id.as_str())
+                .push_bind(e.actor.kind.as_str())
+                .push_bind(e.actor.id.as_str())
+                .push_bind(e.action.as_str())
                 .push_bind(metadata_text(&e.metadata))
-                .push_bind(created_at.clone())
+                .push_bind(created_at.as_str())
                 .push_bind(e.causation_id.map(|c| c.0))
                 .push_bind(e.correlation_id.map(|c| c.0));
         });
-        q.push(" RETURNING id");
-        let mut chunk_ids: Vec<i64> = q.build_query_scalar().fetch_all(&mut *conn).await?;
-        // Rowids of one statement ascend in insertion order; RETURNING's order is unspecified.
-        chunk_ids.sort_unstable();
-        ids.extend(chunk_ids.into_iter().map(EventId));
+        let last = q.build().execute(&mut *conn).await?.last_insert_rowid();
+        // Without explicit ids SQLite gives each new row max(rowid) + 1, and the
+        // transaction holds the write lock: one statement's rows are consecutive.
+        let first = last - chunk.len() as i64 + 1;
+        ids.extend((first..=last).map(EventId));
     }
     Ok(ids)
 }
@@ -161,4 +163,62 @@ pub(super) async fn explain_feed(pool: &SqlitePool, feed: &Feed) -> Result<Strin
     let rows = q.build().fetch_all(pool).await?;
     let lines: Vec<String> = rows.iter().map(|r| r.try_get::<String, _>("detail")).collect::<Result<_, _>>()?;
     Ok(lines.join("\n"))
+}
+
+pub(super) async fn read_state(
+    conn: &mut SqliteConnection,
+    storage: Storage,
+    subject: &Subject,
+) -> Result<Option<String>> {
+    let state: Option<Option<String>> = match storage {
+        Storage::Column { table, column, key } => {
+            let sql = format!("SELECT CAST({column} AS TEXT) FROM {table} WHERE {key} = ?");
+            sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(&subject.id).fetch_optional(conn).await?
+        }
+        Storage::Herald => {
+            sqlx::query_scalar("SELECT state FROM herald_states WHERE subject_type = ? AND subject_id = ?")
+                .bind(&subject.kind)
+                .bind(&subject.id)
+                .fetch_optional(conn)
+                .await?
+        }
+    };
+    Ok(state.map(|s| s.unwrap_or_else(|| "NULL".to_owned())))
+}
+
+/// A savepoint makes the swap and the event one unit even if the insert fails.
+pub(super) async fn swap_state(conn: &mut SqliteConnection, swap: Swap, event: NewEvent) -> Result<Option<Event>> {
+    let mut sp = sqlx::Connection::begin(&mut *conn).await?;
+    let swapped = match swap.storage {
+        Storage::Column { table, column, key } => {
+            let sql = format!("UPDATE {table} SET {column} = ? WHERE {key} = ? AND {column} = ?");
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(swap.to)
+                .bind(&event.subject.id)
+                .bind(swap.from)
+                .execute(&mut *sp)
+                .await?
+        }
+        Storage::Herald => {
+            sqlx::query(
+                "INSERT INTO herald_states (subject_type, subject_id, state, updated_at) VALUES (?, ?, ?, ?) \
+                 ON CONFLICT (subject_type, subject_id) DO UPDATE \
+                 SET state = excluded.state, updated_at = excluded.updated_at WHERE herald_states.state = ?",
+            )
+            .bind(&event.subject.kind)
+            .bind(&event.subject.id)
+            .bind(swap.to)
+            .bind(encode_time(now()))
+            .bind(swap.from)
+            .execute(&mut *sp)
+            .await?
+        }
+    };
+    if swapped.rows_affected() != 1 {
+        sp.rollback().await?;
+        return Ok(None);
+    }
+    let recorded = insert(&mut sp, event).await?;
+    sp.commit().await?;
+    Ok(Some(recorded))
 }

@@ -1,0 +1,60 @@
+//! Pieces both derives share: option values, the runtime's path, the wrapper.
+
+use proc_macro2::TokenStream;
+use quote::quote;
+use syn::meta::ParseNestedMeta;
+use syn::{Expr, ExprLit, Lit, LitStr, Path};
+
+/// The value of `key = "…"`, with a message that shows the expected form.
+pub(crate) fn string_value(meta: &ParseNestedMeta<'_>, key: &str) -> syn::Result<LitStr> {
+    let expr: Expr = meta.value()?.parse()?;
+    match expr {
+        Expr::Lit(ExprLit { lit: Lit::Str(lit), .. }) => Ok(lit),
+        other => Err(syn::Error::new_spanned(other, format!("expected a string: {key} = \"…\""))),
+    }
+}
+
+/// The value of `crate = "path"`, a path to the `herald` facade (or `event_core`).
+pub(crate) fn crate_value(meta: &ParseNestedMeta<'_>) -> syn::Result<Path> {
+    let lit = string_value(meta, "crate")?;
+    lit.parse::<Path>().map_err(|_| {
+        syn::Error::new(
+            lit.span(),
+            format!("`{}` is not a path; write crate = \"herald\" or crate = \"::my::herald\"", lit.value()),
+        )
+    })
+}
+
+/// Skips the value of an option we report as unknown, so parsing goes on.
+pub(crate) fn skip_value(meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
+    if meta.input.peek(syn::Token![=]) {
+        let _: Expr = meta.value()?.parse()?;
+    } else if meta.input.peek(syn::token::Paren) {
+        meta.parse_nested_meta(|inner| skip_value(&inner))?;
+    }
+    Ok(())
+}
+
+/// The name of an option as written (`crate`, `subject`, `a::b`).
+pub(crate) fn path_name(path: &Path) -> String {
+    quote!(#path).to_string().replace(' ', "")
+}
+
+/// The runtime's path: the `crate = "…"` override or `::herald`.
+pub(crate) fn runtime_path(krate: Option<&Path>) -> TokenStream {
+    match krate {
+        Some(path) => quote!(#path),
+        None => quote!(::herald),
+    }
+}
+
+/// Wraps generated items in `const _: () = { … };` so they add no names.
+pub(crate) fn wrap(items: TokenStream) -> TokenStream {
+    quote! {
+        #[doc(hidden)]
+        #[allow(non_upper_case_globals, unused_qualifications, unused_attributes)]
+        const _: () = {
+            #items
+        };
+    }
+}

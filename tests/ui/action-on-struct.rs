@@ -1,0 +1,7 @@
+use herald::Action;
+
+#[derive(Action)]
+#[action(subject = "issue")]
+struct Created;
+
+fn main() {}

@@ -1,0 +1,11 @@
+use herald::StateMachine;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, StateMachine)]
+#[transition(close: Open -> Closed)]
+enum IssueStatus {
+    #[initial]
+    Open,
+    Closed,
+}
+
+fn main() {}
