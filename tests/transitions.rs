@@ -275,3 +275,32 @@ async fn twenty_racing_column_transitions_one_wins_postgres() {
     assert_eq!(status_changes(&db.store, &ticket(1)).await.len(), 1);
     assert_eq!(stored_status(&db.store, 1).await, TicketStatus::InProgress);
 }
+
+backend_test!(states_bind_and_decode_as_text, |store| async move {
+    create_tickets(&store).await;
+    let (bound, decoded): (String, TicketStatus) = match (store.sqlite_pool(), store.postgres_pool()) {
+        (Some(p), _) => {
+            sqlx::query("UPDATE tickets SET status = ? WHERE id = 1")
+                .bind(TicketStatus::InProgress)
+                .execute(p)
+                .await
+                .unwrap();
+            let text = sqlx::query_scalar("SELECT status FROM tickets WHERE id = 1").fetch_one(p).await.unwrap();
+            (text, sqlx::query_scalar("SELECT status FROM tickets WHERE id = 1").fetch_one(p).await.unwrap())
+        }
+        (_, Some(p)) => {
+            sqlx::query("UPDATE tickets SET status = $1 WHERE id = 1")
+                .bind(TicketStatus::InProgress)
+                .execute(p)
+                .await
+                .unwrap();
+            let text = sqlx::query_scalar("SELECT status FROM tickets WHERE id = 1").fetch_one(p).await.unwrap();
+            (text, sqlx::query_scalar("SELECT status FROM tickets WHERE id = 1").fetch_one(p).await.unwrap())
+        }
+        _ => unreachable!(),
+    };
+    assert_eq!((bound.as_str(), decoded), ("in_progress", TicketStatus::InProgress));
+    execute(&store, "UPDATE tickets SET status = 'archived' WHERE id = 2").await.unwrap();
+    let err = store.state::<TicketStatus>(&ticket(2)).await.unwrap_err();
+    assert_eq!(err.to_string(), "unknown state `archived` for ticket; states are open, in_progress, resolved, closed");
+});

@@ -220,6 +220,33 @@ impl Store {
 const EVENT_COLUMNS: &str =
     "id, subject_type, subject_id, actor_type, actor_id, action, metadata, created_at, causation_id, correlation_id";
 
+/// The columns both backends decode alike; `metadata` and `created_at` come decoded.
+fn decode_event<R>(
+    row: &R,
+    metadata: serde_json::Map<String, serde_json::Value>,
+    created_at: DateTime<Utc>,
+) -> Result<Event>
+where
+    R: sqlx::Row,
+    for<'r> String: sqlx::Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> &'r str: sqlx::ColumnIndex<R>,
+{
+    let id: i64 = row.try_get("id")?;
+    let causation: Option<i64> = row.try_get("causation_id")?;
+    let correlation: Option<i64> = row.try_get("correlation_id")?;
+    Ok(Event {
+        id: EventId(id),
+        subject: Subject { kind: row.try_get("subject_type")?, id: row.try_get("subject_id")? },
+        actor: crate::Actor { kind: row.try_get("actor_type")?, id: row.try_get("actor_id")? },
+        action: row.try_get("action")?,
+        metadata,
+        created_at,
+        causation_id: causation.map(EventId),
+        correlation_id: EventId(correlation.unwrap_or(id)),
+    })
+}
+
 /// Builds a feed query for either backend; `time` converts a timestamp to the
 /// backend's stored representation.
 fn feed_query<DB, T>(prefix: &str, feed: &Feed, time: fn(DateTime<Utc>) -> T) -> Result<QueryBuilder<DB>>

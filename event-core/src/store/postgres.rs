@@ -7,12 +7,13 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
-use sqlx::postgres::{PgConnection, PgPool, PgRow};
+use sqlx::postgres::{PgArguments, PgConnection, PgPool, PgRow};
+use sqlx::query::Query;
 use sqlx::types::Json;
 use sqlx::{Postgres, Row};
 
 use super::ColumnTypes;
-use super::{EVENT_COLUMNS, feed_query};
+use super::{EVENT_COLUMNS, decode_event, feed_query};
 use crate::error::{Error, Result};
 use crate::feed::Feed;
 use crate::model::{Event, EventId, NewEvent, Subject, now};
@@ -26,23 +27,30 @@ pub(super) async fn migrate(pool: &PgPool) -> Result<()> {
     Ok(())
 }
 
+/// Binds the nine event columns, in `INSERT` order.
+fn bind_event<'q>(
+    q: Query<'q, Postgres, PgArguments>,
+    event: &NewEvent,
+    created_at: DateTime<Utc>,
+) -> Query<'q, Postgres, PgArguments> {
+    q.bind(&event.subject.kind)
+        .bind(&event.subject.id)
+        .bind(&event.actor.kind)
+        .bind(&event.actor.id)
+        .bind(&event.action)
+        .bind(Json(&event.metadata))
+        .bind(created_at)
+        .bind(event.causation_id.map(|c| c.0))
+        .bind(event.correlation_id.map(|c| c.0))
+}
+
 pub(super) async fn insert(conn: &mut PgConnection, event: NewEvent) -> Result<Event> {
     let created_at = now();
-    let id: i64 = sqlx::query_scalar(
+    let insert = sqlx::query(
         "INSERT INTO herald_events (subject_type, subject_id, actor_type, actor_id, action, metadata, \
          created_at, causation_id, correlation_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
-    )
-    .bind(&event.subject.kind)
-    .bind(&event.subject.id)
-    .bind(&event.actor.kind)
-    .bind(&event.actor.id)
-    .bind(&event.action)
-    .bind(Json(&event.metadata))
-    .bind(created_at)
-    .bind(event.causation_id.map(|c| c.0))
-    .bind(event.correlation_id.map(|c| c.0))
-    .fetch_one(conn)
-    .await?;
+    );
+    let id: i64 = bind_event(insert, &event, created_at).fetch_one(conn).await?.try_get(0)?;
     Ok(event.into_event(EventId(id), created_at))
 }
 
@@ -67,24 +75,14 @@ pub(super) async fn insert_throttled(
     .bind(created_at)
     .execute(&mut *conn)
     .await?;
-    let id: Option<i64> = sqlx::query_scalar(
+    let insert = sqlx::query(
         "INSERT INTO herald_events (subject_type, subject_id, actor_type, actor_id, action, metadata, \
          created_at, causation_id, correlation_id) \
          SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 WHERE NOT EXISTS (SELECT 1 FROM herald_events \
          WHERE subject_type = $1 AND subject_id = $2 AND action = $5 AND created_at > $10) RETURNING id",
-    )
-    .bind(&event.subject.kind)
-    .bind(&event.subject.id)
-    .bind(&event.actor.kind)
-    .bind(&event.actor.id)
-    .bind(&event.action)
-    .bind(Json(&event.metadata))
-    .bind(created_at)
-    .bind(event.causation_id.map(|c| c.0))
-    .bind(event.correlation_id.map(|c| c.0))
-    .bind(created_at - window)
-    .fetch_optional(conn)
-    .await?;
+    );
+    let row = bind_event(insert, &event, created_at).bind(created_at - window).fetch_optional(conn).await?;
+    let id: Option<i64> = row.map(|r| r.try_get(0)).transpose()?;
     Ok(id.map(|id| event.into_event(EventId(id), created_at)))
 }
 
@@ -134,21 +132,8 @@ pub(super) async fn insert_all(conn: &mut PgConnection, events: &[NewEvent]) -> 
 }
 
 fn decode(row: &PgRow) -> Result<Event> {
-    let id: i64 = row.try_get("id")?;
     let metadata: Json<Map<String, Value>> = row.try_get("metadata")?;
-    let created_at: DateTime<Utc> = row.try_get("created_at")?;
-    let causation: Option<i64> = row.try_get("causation_id")?;
-    let correlation: Option<i64> = row.try_get("correlation_id")?;
-    Ok(Event {
-        id: EventId(id),
-        subject: crate::Subject { kind: row.try_get("subject_type")?, id: row.try_get("subject_id")? },
-        actor: crate::Actor { kind: row.try_get("actor_type")?, id: row.try_get("actor_id")? },
-        action: row.try_get("action")?,
-        metadata: metadata.0,
-        created_at,
-        causation_id: causation.map(EventId),
-        correlation_id: EventId(correlation.unwrap_or(id)),
-    })
+    decode_event(row, metadata.0, row.try_get("created_at")?)
 }
 
 pub(super) async fn event(pool: &PgPool, id: EventId) -> Result<Option<Event>> {

@@ -7,10 +7,11 @@
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use serde_json::{Map, Value};
-use sqlx::sqlite::{SqliteConnection, SqlitePool, SqliteRow};
+use sqlx::query::Query;
+use sqlx::sqlite::{SqliteArguments, SqliteConnection, SqlitePool, SqliteRow};
 use sqlx::{QueryBuilder, Row, Sqlite};
 
-use super::{EVENT_COLUMNS, feed_query};
+use super::{EVENT_COLUMNS, decode_event, feed_query};
 use crate::error::{Error, Result};
 use crate::feed::Feed;
 use crate::model::{Event, EventId, NewEvent, Subject, now};
@@ -44,23 +45,30 @@ fn metadata_text(m: &Map<String, Value>) -> String {
     serde_json::to_string(m).unwrap_or_else(|_| "{}".to_owned())
 }
 
+/// Binds the nine event columns, in `INSERT` order.
+fn bind_event<'q>(
+    q: Query<'q, Sqlite, SqliteArguments>,
+    event: &NewEvent,
+    created_at: DateTime<Utc>,
+) -> Query<'q, Sqlite, SqliteArguments> {
+    q.bind(&event.subject.kind)
+        .bind(&event.subject.id)
+        .bind(&event.actor.kind)
+        .bind(&event.actor.id)
+        .bind(&event.action)
+        .bind(metadata_text(&event.metadata))
+        .bind(encode_time(created_at))
+        .bind(event.causation_id.map(|c| c.0))
+        .bind(event.correlation_id.map(|c| c.0))
+}
+
 pub(super) async fn insert(conn: &mut SqliteConnection, event: NewEvent) -> Result<Event> {
     let created_at = now();
-    let done = sqlx::query(
+    let insert = sqlx::query(
         "INSERT INTO herald_events (subject_type, subject_id, actor_type, actor_id, action, metadata, \
          created_at, causation_id, correlation_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(&event.subject.kind)
-    .bind(&event.subject.id)
-    .bind(&event.actor.kind)
-    .bind(&event.actor.id)
-    .bind(&event.action)
-    .bind(metadata_text(&event.metadata))
-    .bind(encode_time(created_at))
-    .bind(event.causation_id.map(|c| c.0))
-    .bind(event.correlation_id.map(|c| c.0))
-    .execute(conn)
-    .await?;
+    );
+    let done = bind_event(insert, &event, created_at).execute(conn).await?;
     Ok(event.into_event(EventId(done.last_insert_rowid()), created_at))
 }
 
@@ -72,25 +80,14 @@ pub(super) async fn insert_throttled(
     window: chrono::Duration,
 ) -> Result<Option<Event>> {
     let created_at = now();
-    let id: Option<i64> = sqlx::query_scalar(
+    let insert = sqlx::query(
         "INSERT INTO herald_events (subject_type, subject_id, actor_type, actor_id, action, metadata, \
          created_at, causation_id, correlation_id) \
          SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9 WHERE NOT EXISTS (SELECT 1 FROM herald_events \
-         WHERE subject_type = ?1 AND subject_id = ?2 AND action = ?5 AND created_at > ?10) RETURNING id",
-    )
-    .bind(&event.subject.kind)
-    .bind(&event.subject.id)
-    .bind(&event.actor.kind)
-    .bind(&event.actor.id)
-    .bind(&event.action)
-    .bind(metadata_text(&event.metadata))
-    .bind(encode_time(created_at))
-    .bind(event.causation_id.map(|c| c.0))
-    .bind(event.correlation_id.map(|c| c.0))
-    .bind(encode_time(created_at - window))
-    .fetch_optional(conn)
-    .await?;
-    Ok(id.map(|id| event.into_event(EventId(id), created_at)))
+         WHERE subject_type = ?1 AND subject_id = ?2 AND action = ?5 AND created_at > ?10)",
+    );
+    let done = bind_event(insert, &event, created_at).bind(encode_time(created_at - window)).execute(conn).await?;
+    Ok((done.rows_affected() == 1).then(|| event.into_event(EventId(done.last_insert_rowid()), created_at)))
 }
 
 pub(super) async fn insert_all(conn: &mut SqliteConnection, events: &[NewEvent]) -> Result<Vec<EventId>> {
@@ -132,18 +129,7 @@ fn decode(row: &SqliteRow) -> Result<Event> {
         Err(e) => return Err(Error::Corrupt { id, reason: format!("metadata: {e}") }),
     };
     let created_at: String = row.try_get("created_at")?;
-    let causation: Option<i64> = row.try_get("causation_id")?;
-    let correlation: Option<i64> = row.try_get("correlation_id")?;
-    Ok(Event {
-        id: EventId(id),
-        subject: crate::Subject { kind: row.try_get("subject_type")?, id: row.try_get("subject_id")? },
-        actor: crate::Actor { kind: row.try_get("actor_type")?, id: row.try_get("actor_id")? },
-        action: row.try_get("action")?,
-        metadata,
-        created_at: decode_time(id, &created_at)?,
-        causation_id: causation.map(EventId),
-        correlation_id: EventId(correlation.unwrap_or(id)),
-    })
+    decode_event(row, metadata, decode_time(id, &created_at)?)
 }
 
 pub(super) async fn event(pool: &SqlitePool, id: EventId) -> Result<Option<Event>> {
