@@ -21,9 +21,10 @@
 //! ```
 
 pub use event_core::{
-    Action, Actor, Backend, Connection, Cursor, Error, Event, EventId, Feed, InvalidTransition, NewEvent, Page, Record,
-    Result, StateMachine, Store, Subject, Throttled, Transaction, Transition, UnknownState, action, declare_actions,
-    feed, state_machine, transition,
+    Action, Actor, Backend, Connection, Context, Cursor, DeadLetter, Dispatcher, DispatcherBuilder, Drained, Error,
+    Event, EventId, Feed, InboxDef, InboxError, InboxStatus, InvalidTransition, NewEvent, Page, Record, Registry,
+    Resources, Result, StartFrom, StateMachine, Store, Subject, Throttled, Transaction, Transition, UnknownState,
+    action, declare_actions, dispatch, feed, inbox, state_machine, transition,
 };
 
 /// Derives [`StateMachine`](trait@StateMachine) for an enum of unit variants: the
@@ -125,9 +126,86 @@ pub use event_macros::StateMachine;
 /// ```
 pub use event_macros::Action;
 
+/// Registers an async function as an inbox: it receives every committed event that
+/// matches, at least once, from the dispatcher. The function is left as written
+/// (call it directly in tests); the macro adds its registration beside it.
+///
+/// ```
+/// use herald::prelude::*;
+///
+/// #[inbox(subject = "issue", actions = ["assigned", "commented"], max_attempts = 5, backoff = "500ms")]
+/// async fn email_notifications(event: &Event, cx: &Context) -> Result<(), InboxError> {
+///     let Some(assignee) = event.meta("assignee").and_then(|a| a.as_str()) else {
+///         return Err(InboxError::give_up("no assignee: retrying will not help"));
+///     };
+///     // let mailer = cx.resource::<Mailer>()?; mailer.send(assignee, …).await?;
+///     # let _ = (assignee, cx);
+///     Ok(())
+/// }
+///
+/// # fn main() -> herald::Result<()> {
+/// let registry = herald::Registry::collect()?;
+/// let inbox = registry.iter().find(|i| i.name.ends_with("::email_notifications")).unwrap();
+/// assert_eq!(inbox.subject, Some("issue"));
+/// assert_eq!(inbox.actions, ["assigned", "commented"]);
+/// assert_eq!(inbox.max_attempts, 5);
+/// # Ok(()) }
+/// ```
+///
+/// # The function
+///
+/// `async fn name(event: &Event, cx: &Context) -> Result<(), InboxError>`: the
+/// parameter names and type paths are yours; it may not be generic (lifetimes
+/// aside), take `self`, or take anything else (reach resources through
+/// [`Context::resource`]). A type mismatch is reported on your parameter or
+/// return type. An `Err` or a panic is retried with backoff; see [`InboxError`].
+///
+/// # Options
+///
+/// Each at most once, all optional:
+///
+/// | option | meaning | default |
+/// |---|---|---|
+/// | `subject = "issue"` | the subject type it receives | every subject |
+/// | `actions = ["assigned", "commented"]` | the actions it receives (snake_case, non-empty, no duplicates) | every action |
+/// | `filter = path::to::fn` | a `fn(&Event) -> bool`; events it refuses are skipped | none |
+/// | `name = "emails"` | the stable name deliveries are stored under; survives renames and moves | `module::path::fn_name` |
+/// | `max_attempts = 5` | attempts (at least 1) before a delivery is dead | [`InboxDef::DEFAULT_MAX_ATTEMPTS`] |
+/// | `backoff = "500ms"` | the first retry delay, doubled per retry (units `ms`, `s`, `m`, `h`; `"1m30s"`) | [`InboxDef::DEFAULT_BACKOFF`] |
+/// | `backoff_max = "10m"` | the longest retry delay, at least `backoff` | [`InboxDef::DEFAULT_BACKOFF_MAX`] |
+/// | `start_from = "beginning"` | a new inbox replays every recorded event instead of starting `"now"` | `"now"` |
+/// | `crate = "path"` | the path to `herald`, if you renamed or re-exported it | `::herald` |
+///
+/// # Generated
+///
+/// Beside the function, in `const _: () = { … };`: a wrapper that boxes its future
+/// as a [`inbox::Handler`], and an `inventory::submit!` of an [`InboxDef`] with the
+/// options and the function's `file!()`/`line!()`. [`Registry::collect`] lists what
+/// is linked, sorted by name, and refuses two inboxes with one name, naming both
+/// locations. Inboxes in another crate are only linked if the program refers to that
+/// crate: see [`inbox`](mod@inbox).
+///
+/// # Errors
+///
+/// Misuse is a compile error at the offending token, every mistake at once, with
+/// the function still emitted so its callers raise no further errors:
+///
+/// ```compile_fail
+/// use herald::prelude::*;
+///
+/// #[inbox(subject = "issue", actions = [])] // empty actions list
+/// fn emails(event: &Event, cx: &Context) -> Result<(), InboxError> { // an inbox must be async
+///     Ok(())
+/// }
+/// ```
+pub use event_macros::inbox;
+
 /// The names most programs need: `use herald::prelude::*;`.
 pub mod prelude {
-    pub use crate::{Action, Actor, Event, EventId, StateMachine, Store, Subject, Transaction};
+    pub use crate::{
+        Action, Actor, Context, Dispatcher, Event, EventId, InboxError, StateMachine, Store, Subject, Transaction,
+        inbox,
+    };
 }
 
 #[doc(hidden)]

@@ -131,6 +131,25 @@ pub enum Error {
     #[error("`{0}` is not a valid SQL identifier (letters, digits, `_`, optionally `schema.name`)")]
     InvalidIdentifier(&'static str),
 
+    /// Two inboxes were registered under one name.
+    #[error("two inboxes are named `{name}`: {first} and {second}; give one an explicit #[inbox(name = \"…\")]")]
+    DuplicateInbox {
+        /// The shared name.
+        name: String,
+        /// `file:line` of one.
+        first: String,
+        /// `file:line` of the other.
+        second: String,
+    },
+
+    /// No delivery with this id exists (or it is not dead).
+    #[error("no dead delivery with id {0}")]
+    NoSuchDelivery(i64),
+
+    /// The dispatcher was configured with values it cannot work with.
+    #[error("invalid dispatcher configuration: {0}")]
+    InvalidConfig(String),
+
     /// The URL names no backend Herald supports.
     #[error("unsupported database url `{0}`; use sqlite://… or postgres://…")]
     UnsupportedUrl(String),

@@ -44,8 +44,10 @@
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod action;
+pub mod dispatch;
 mod error;
 pub mod feed;
+pub mod inbox;
 mod macro_support;
 mod model;
 mod record;
@@ -54,8 +56,10 @@ mod store;
 pub mod transition;
 
 pub use action::{Action, ActionDeclaration};
+pub use dispatch::{DeadLetter, Dispatcher, DispatcherBuilder, Drained, InboxStatus};
 pub use error::{Error, Result};
 pub use feed::{Cursor, Feed, Page};
+pub use inbox::{Context, InboxDef, InboxError, Registry, Resources, StartFrom};
 pub use model::{Actor, Event, EventId, NewEvent, Subject};
 pub use record::{Record, Throttled};
 pub use state_machine::{InvalidTransition, StateMachine, Transition, UnknownState};

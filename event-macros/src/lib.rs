@@ -4,8 +4,9 @@
 //!
 //! Every macro parses its input into a model (`attr`, `ast`), checks the whole of
 //! it (`valid`, reporting every mistake at its own token), then generates code
-//! (`expand`); on error it emits the errors beside a stub (`fallback`), so a user
-//! sees what to fix and nothing else.
+//! (`expand`); on error it emits the errors beside a stub (`fallback`), or for
+//! `#[inbox]` beside the user's function unchanged, so a user sees what to fix and
+//! nothing else.
 
 // Library code reports errors; it does not panic on input or I/O.
 #![warn(clippy::unwrap_used, clippy::expect_used)]
@@ -13,6 +14,7 @@
 mod action;
 mod common;
 mod ctxt;
+mod inbox;
 mod names;
 mod once;
 mod state_machine;
@@ -34,4 +36,11 @@ pub fn derive_state_machine(input: TokenStream) -> TokenStream {
 pub fn derive_action(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as DeriveInput);
     action::derive(&input).into()
+}
+
+/// Registers an `async fn(&Event, &Context) -> Result<(), InboxError>` as a durable
+/// inbox; the function itself is left as written. See `herald::inbox`.
+#[proc_macro_attribute]
+pub fn inbox(args: TokenStream, item: TokenStream) -> TokenStream {
+    inbox::expand(args.into(), item.into()).into()
 }

@@ -141,3 +141,52 @@ macro_rules! backend_test {
         }
     };
 }
+
+/// Creates `handled`: one row per handler run, written by test inboxes.
+pub async fn create_handled(store: &Store) {
+    execute(store, "CREATE TABLE handled (inbox TEXT NOT NULL, event_id BIGINT NOT NULL, attempt INTEGER NOT NULL, at_micros BIGINT NOT NULL)")
+        .await
+        .expect("create handled");
+}
+
+/// Notes that `inbox` ran for `event` (attempt `attempt`) in the `handled` table.
+pub async fn note(store: &Store, inbox: &str, event: &herald::Event, attempt: u32) -> Result<(), sqlx::Error> {
+    let at = chrono::Utc::now().timestamp_micros();
+    let sql_sqlite = "INSERT INTO handled (inbox, event_id, attempt, at_micros) VALUES (?, ?, ?, ?)";
+    let sql_pg = "INSERT INTO handled (inbox, event_id, attempt, at_micros) VALUES ($1, $2, $3, $4)";
+    match (store.sqlite_pool(), store.postgres_pool()) {
+        (Some(p), _) => {
+            sqlx::query(sql_sqlite).bind(inbox).bind(event.id.0).bind(attempt as i32).bind(at).execute(p).await?;
+        }
+        (_, Some(p)) => {
+            sqlx::query(sql_pg).bind(inbox).bind(event.id.0).bind(attempt as i32).bind(at).execute(p).await?;
+        }
+        _ => unreachable!("a store has one pool"),
+    }
+    Ok(())
+}
+
+/// `(inbox, event_id, attempt, at_micros)` rows of `handled`, in insertion order.
+pub async fn handled(store: &Store) -> Vec<(String, i64, i32, i64)> {
+    let sql = "SELECT inbox, event_id, attempt, at_micros FROM handled ORDER BY at_micros, inbox";
+    match (store.sqlite_pool(), store.postgres_pool()) {
+        (Some(p), _) => sqlx::query_as(sql).fetch_all(p).await,
+        (_, Some(p)) => sqlx::query_as(sql).fetch_all(p).await,
+        _ => unreachable!("a store has one pool"),
+    }
+    .expect("read handled")
+}
+
+/// Whether a row exists in `switches` named `name` (tests flip behaviour with it).
+pub async fn switch_on(store: &Store, name: &str) -> bool {
+    let found: Result<Option<String>, _> = match (store.sqlite_pool(), store.postgres_pool()) {
+        (Some(p), _) => {
+            sqlx::query_scalar("SELECT name FROM switches WHERE name = ?").bind(name).fetch_optional(p).await
+        }
+        (_, Some(p)) => {
+            sqlx::query_scalar("SELECT name FROM switches WHERE name = $1").bind(name).fetch_optional(p).await
+        }
+        _ => unreachable!("a store has one pool"),
+    };
+    matches!(found, Ok(Some(_)))
+}

@@ -4,11 +4,16 @@
 //! PostgreSQL, chosen by URL. Both backends run the same API with the same guarantees;
 //! the SQL that differs lives in the backend modules, which mirror each other.
 
+mod deliveries;
 mod postgres;
 mod sqlite;
+mod wake;
+
+pub(crate) use wake::channel as notify_channel;
 
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -52,6 +57,8 @@ pub enum Backend {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: Pool,
+    /// Wakes dispatchers after a commit that recorded events.
+    wake: wake::Wake,
     /// PostgreSQL column types of state-machine tables, looked up once per store.
     column_types: Arc<Mutex<HashMap<StorageKey, ColumnTypes>>>,
 }
@@ -100,12 +107,12 @@ impl Store {
     /// A store over an existing SQLite pool (its options are yours to choose; WAL and
     /// a busy timeout are recommended).
     pub fn from_sqlite(pool: SqlitePool) -> Self {
-        Store { pool: Pool::Sqlite(pool), column_types: Arc::default() }
+        Store { pool: Pool::Sqlite(pool), wake: wake::Wake::default(), column_types: Arc::default() }
     }
 
     /// A store over an existing PostgreSQL pool.
     pub fn from_postgres(pool: PgPool) -> Self {
-        Store { pool: Pool::Postgres(pool), column_types: Arc::default() }
+        Store { pool: Pool::Postgres(pool), wake: wake::Wake::default(), column_types: Arc::default() }
     }
 
     /// Which backend this store talks to.
@@ -153,7 +160,7 @@ impl Store {
             Pool::Sqlite(p) => TxInner::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
             Pool::Postgres(p) => TxInner::Postgres(p.begin().await?),
         };
-        Ok(Transaction { inner, store: self.clone() })
+        Ok(Transaction { inner, store: self.clone(), recorded: Arc::default(), nested: false, cause: None })
     }
 
     /// The current state of `subject` under machine `S` (see [`Transaction::state`]).
@@ -170,7 +177,7 @@ impl Store {
             Pool::Sqlite(p) => TxInner::Sqlite(p.begin().await?),
             Pool::Postgres(p) => TxInner::Postgres(p.begin().await?),
         };
-        Ok(Transaction { inner, store: self.clone() })
+        Ok(Transaction { inner, store: self.clone(), recorded: Arc::default(), nested: false, cause: None })
     }
 
     /// A feed query over this store's events, newest first.
@@ -247,6 +254,25 @@ where
     })
 }
 
+/// Narrows an events query to what an inbox receives (subject, actions).
+pub(crate) fn push_inbox_filter<DB>(q: &mut QueryBuilder<DB>, def: &crate::inbox::InboxDef)
+where
+    DB: sqlx::Database,
+    &'static str: for<'t> Encode<'t, DB> + Type<DB>,
+{
+    if let Some(subject) = def.subject {
+        q.push(" AND subject_type = ").push_bind(subject);
+    }
+    if !def.actions.is_empty() {
+        q.push(" AND action IN (");
+        let mut list = q.separated(", ");
+        for a in def.actions {
+            list.push_bind(*a);
+        }
+        q.push(")");
+    }
+}
+
 /// Builds a feed query for either backend; `time` converts a timestamp to the
 /// backend's stored representation.
 fn feed_query<DB, T>(prefix: &str, feed: &Feed, time: fn(DateTime<Utc>) -> T) -> Result<QueryBuilder<DB>>
@@ -299,6 +325,12 @@ where
 pub struct Transaction<'c> {
     inner: TxInner<'c>,
     store: Store,
+    /// Whether any event was recorded, shared with savepoints.
+    recorded: Arc<AtomicBool>,
+    /// A savepoint: its commit makes nothing visible yet.
+    nested: bool,
+    /// The event that caused this transaction's events (set by inbox contexts).
+    cause: Option<(EventId, EventId)>,
 }
 
 #[derive(Debug)]
@@ -368,14 +400,27 @@ impl<'c> Transaction<'c> {
             TxInner::Sqlite(tx) => TxInner::Sqlite(sqlx::Connection::begin(&mut **tx).await?),
             TxInner::Postgres(tx) => TxInner::Postgres(sqlx::Connection::begin(&mut **tx).await?),
         };
-        Ok(Transaction { inner, store: self.store.clone() })
+        Ok(Transaction {
+            inner,
+            store: self.store.clone(),
+            recorded: self.recorded.clone(),
+            nested: true,
+            cause: self.cause,
+        })
     }
 
     /// Commits (or, for a savepoint, releases) the transaction.
+    ///
+    /// After the outermost commit of a transaction that recorded events, dispatchers
+    /// are woken: in this process at once, in others through PostgreSQL `NOTIFY`
+    /// (sent after the commit, outside the transaction, coalesced).
     pub async fn commit(self) -> Result<()> {
         match self.inner {
             TxInner::Sqlite(tx) => tx.commit().await?,
             TxInner::Postgres(tx) => tx.commit().await?,
+        }
+        if !self.nested && self.recorded.load(Ordering::Relaxed) {
+            self.store.wake.committed(&self.store);
         }
         Ok(())
     }
@@ -389,9 +434,25 @@ impl<'c> Transaction<'c> {
         Ok(())
     }
 
+    /// Makes `cause` the default cause of every event recorded in this transaction.
+    pub(crate) fn set_cause(&mut self, cause: &Event) {
+        self.cause = Some((cause.id, cause.correlation_id));
+    }
+
+    /// Applies the transaction's default cause to an event that names none.
+    fn caused(&self, mut event: NewEvent) -> NewEvent {
+        if let (None, Some((causation, correlation))) = (event.causation_id, self.cause) {
+            event.causation_id = Some(causation);
+            event.correlation_id = Some(correlation);
+        }
+        event
+    }
+
     /// Writes one validated event; returns it as stored.
     pub(crate) async fn insert(&mut self, event: NewEvent) -> Result<Event> {
         event.validate()?;
+        let event = self.caused(event);
+        self.recorded.store(true, Ordering::Relaxed);
         match &mut self.inner {
             TxInner::Sqlite(tx) => sqlite::insert(tx, event).await,
             TxInner::Postgres(tx) => postgres::insert(tx, event).await,
@@ -401,6 +462,8 @@ impl<'c> Transaction<'c> {
     /// Writes `event` unless one with the same subject and action exists within `window`.
     pub(crate) async fn insert_throttled(&mut self, event: NewEvent, window: Duration) -> Result<Option<Event>> {
         event.validate()?;
+        let event = self.caused(event);
+        self.recorded.store(true, Ordering::Relaxed);
         let window = chrono::Duration::from_std(window).map_err(|_| Error::ThrottleTooLong(window))?;
         match &mut self.inner {
             TxInner::Sqlite(tx) => sqlite::insert_throttled(tx, event, window).await,
@@ -422,6 +485,8 @@ impl<'c> Transaction<'c> {
     /// Compare-and-swap of the state plus the `status_changed` event, atomically;
     /// `None` (and nothing written) when the state was no longer `swap.from`.
     pub(crate) async fn swap_state(&mut self, swap: Swap, event: NewEvent) -> Result<Option<Event>> {
+        let event = self.caused(event);
+        self.recorded.store(true, Ordering::Relaxed);
         match &mut self.inner {
             TxInner::Sqlite(tx) => sqlite::swap_state(tx, swap, event).await,
             TxInner::Postgres(tx) => {
@@ -450,13 +515,14 @@ impl<'c> Transaction<'c> {
     /// # Ok(()) }
     /// ```
     pub async fn record_all(&mut self, events: impl IntoIterator<Item = NewEvent>) -> Result<Vec<EventId>> {
-        let events: Vec<_> = events.into_iter().collect();
+        let events: Vec<_> = events.into_iter().map(|e| self.caused(e)).collect();
         for e in &events {
             e.validate()?;
         }
         if events.is_empty() {
             return Ok(Vec::new());
         }
+        self.recorded.store(true, Ordering::Relaxed);
         match &mut self.inner {
             TxInner::Sqlite(tx) => sqlite::insert_all(tx, &events).await,
             TxInner::Postgres(tx) => postgres::insert_all(tx, &events).await,

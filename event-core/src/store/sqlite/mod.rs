@@ -208,3 +208,4 @@ pub(super) async fn swap_state(conn: &mut SqliteConnection, swap: Swap, event: N
     sp.commit().await?;
     Ok(Some(recorded))
 }
+pub(crate) mod dispatch;

@@ -245,3 +245,4 @@ pub(super) async fn swap_state(
         .await?;
     Ok(id.map(|id| event.into_event(EventId(id), created_at)))
 }
+pub(crate) mod dispatch;

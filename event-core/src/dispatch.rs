@@ -1,0 +1,787 @@
+//! The durable dispatcher: every committed event reaches every inbox that wants it,
+//! at least once, with retries, backoff, leases and dead letters.
+//!
+//! # Delivery state
+//!
+//! Herald keeps **a checkpoint per inbox plus a row per failed delivery**, not a row
+//! per delivery:
+//!
+//! - `herald_inboxes`: one row per inbox name with its checkpoint (a position in the
+//!   commit order of events) and a lease. A worker leases an inbox, reads the next
+//!   batch of matching events after the checkpoint (one `SELECT`), runs the handlers
+//!   concurrently, then moves the checkpoint past the batch (one `UPDATE`).
+//! - `herald_deliveries`: one row per delivery that failed, with its attempts, next
+//!   attempt time, last error and lease; dead letters are the rows marked `dead`.
+//!   Retries are claimed 100 at a time (`FOR UPDATE SKIP LOCKED` on PostgreSQL) and
+//!   completed in one transaction.
+//!
+//! **Write cost per event**: zero rows for a successful delivery. Recording writes only
+//! the event; each inbox writes one checkpoint `UPDATE` per batch (up to
+//! [`DispatcherBuilder::batch_size`] events); a failed delivery writes one row, and
+//! one more per retry. Bookkeeping is O(inboxes + deliveries in trouble): successes
+//! leave nothing behind, and dead letters are pruned with [`Store::prune_dead`]
+//! (or [`DispatcherBuilder::dead_retention`]). Events themselves are kept.
+//!
+//! **Commit order.** PostgreSQL sequence values are taken at insert, not at commit: a
+//! transaction holding id 10 can commit after one holding id 11, and a cursor that
+//! trusted ids would step over 10. Each event therefore stores its writing
+//! transaction (`tx_id xid8`), positions are `(tx_id, id)`, and a reader only reads
+//! up to the *horizon*: the newest event whose transaction is older than every
+//! transaction still running (`pg_snapshot_xmin(pg_current_snapshot())`). Nothing can
+//! commit at or below the horizon any more, so a checkpoint never skips an event. On
+//! SQLite, writers hold the single write lock from `BEGIN IMMEDIATE` to `COMMIT`, so
+//! ids are already commit-ordered and the position is the id.
+//!
+//! **Crashes.** A lease that expires while its owner held it means the worker died or
+//! hung: the next worker re-delivers the unfinished batch (at least once) one event at
+//! a time, and counts expiries at the same checkpoint; after
+//! [`DispatcherBuilder::max_lease_expiries`] the event that keeps killing workers is
+//! dead-lettered, so one poison event cannot loop forever. Attempts are only counted
+//! when a handler fails, never when it is claimed.
+//!
+//! **Wake-ups.** A commit that recorded events wakes this process's dispatchers at
+//! once and, on PostgreSQL, other processes through `LISTEN`/`NOTIFY` (sent after the
+//! commit, outside the transaction). The listener reconnects when its connection
+//! drops; polling every [`DispatcherBuilder::poll_interval`] runs regardless.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{OnceCell, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::error::{Error, Result};
+use crate::inbox::{Context, InboxDef, InboxError, Outcome, Registry, Resources, StartFrom};
+use crate::model::{Event, EventId, now};
+use crate::store::Store;
+
+/// A position in the commit order of events: `(transaction, id)` on PostgreSQL,
+/// `(0, id)` on SQLite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub(crate) struct Position {
+    pub(crate) tx: i64,
+    pub(crate) id: i64,
+}
+
+/// The newest position every reader agrees on, and whether newer events exist that
+/// are not settled yet (their transaction, or an older one, is still running).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Horizon {
+    pub(crate) safe: Position,
+    pub(crate) unsettled: bool,
+}
+
+/// An inbox row as read when leasing it.
+#[derive(Debug)]
+pub(crate) struct LeaseRow {
+    pub(crate) checkpoint: Position,
+    pub(crate) owner: Option<String>,
+    pub(crate) until: Option<DateTime<Utc>>,
+    pub(crate) crash_at: Option<Position>,
+    pub(crate) crashes: u32,
+}
+
+/// A lease on an inbox: its checkpoint, and what crashes happened at it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Lease {
+    pub(crate) checkpoint: Position,
+    pub(crate) crash_at: Option<Position>,
+    pub(crate) crashes: u32,
+    /// Taken over from a worker whose lease expired: it died or hung mid-batch.
+    pub(crate) taken_over: bool,
+}
+
+impl LeaseRow {
+    /// The lease `me` gets, or `None` while another worker's lease holds.
+    pub(crate) fn acquire(self, me: &str, now: DateTime<Utc>) -> Option<Lease> {
+        let other = self.owner.as_deref().is_some_and(|o| o != me);
+        if other && self.until.is_some_and(|u| u > now) {
+            return None;
+        }
+        let (crash_at, crashes) = match (other, self.crash_at) {
+            (true, Some(at)) if at == self.checkpoint => (Some(at), self.crashes + 1),
+            (true, _) => (Some(self.checkpoint), 1),
+            (false, at) => (at, self.crashes),
+        };
+        Some(Lease { checkpoint: self.checkpoint, crash_at, crashes, taken_over: other })
+    }
+}
+
+impl Lease {
+    /// Expired leases while the checkpoint stood where it stands now.
+    fn crashes_here(&self) -> u32 {
+        if self.crash_at == Some(self.checkpoint) { self.crashes } else { 0 }
+    }
+}
+
+/// A failed delivery, to park in `herald_deliveries`.
+#[derive(Debug, Clone)]
+pub(crate) struct Failure {
+    pub(crate) event_id: EventId,
+    pub(crate) attempts: u32,
+    pub(crate) next_at: DateTime<Utc>,
+    pub(crate) error: String,
+    pub(crate) dead: bool,
+}
+
+/// A retry claimed by this worker.
+#[derive(Debug)]
+pub(crate) struct Claimed {
+    pub(crate) id: i64,
+    pub(crate) inbox: String,
+    pub(crate) event: Event,
+    pub(crate) attempts: u32,
+    pub(crate) expiries: u32,
+}
+
+/// A delivery that will not be attempted again unless retried by hand
+/// ([`Store::retry_dead`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeadLetter {
+    /// The delivery's id, for [`Store::retry_dead`].
+    pub id: i64,
+    /// The inbox it was for.
+    pub inbox: String,
+    /// The event it carried.
+    pub event_id: EventId,
+    /// Failed attempts.
+    pub attempts: u32,
+    /// Leases that expired while it ran (its worker crashed or hung).
+    pub expiries: u32,
+    /// The last error.
+    pub last_error: String,
+    /// When it died.
+    pub failed_at: DateTime<Utc>,
+}
+
+/// How one inbox is doing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct InboxStatus {
+    /// The inbox name.
+    pub name: String,
+    /// Whether an inbox of this name is registered in this program. Deliveries of an
+    /// unregistered name stay where they are and are reported here.
+    pub registered: bool,
+    /// Matching events committed but not yet delivered (the lag); `None` when unregistered.
+    pub pending: Option<i64>,
+    /// Failed deliveries waiting for a retry.
+    pub retrying: i64,
+    /// Dead deliveries.
+    pub dead: i64,
+}
+
+/// What [`Dispatcher::drain`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Drained {
+    /// Deliveries whose handler succeeded.
+    pub delivered: u64,
+    /// Deliveries whose handler failed (retried later, or dead).
+    pub failed: u64,
+}
+
+/// Configures a [`Dispatcher`]. See [`Dispatcher::builder`].
+#[derive(Debug)]
+#[must_use]
+pub struct DispatcherBuilder {
+    store: Store,
+    registry: Option<Registry>,
+    resources: Resources,
+    concurrency: usize,
+    lease: Duration,
+    poll_interval: Duration,
+    batch_size: usize,
+    max_lease_expiries: u32,
+    dead_retention: Option<Duration>,
+    worker_id: Option<String>,
+}
+
+impl DispatcherBuilder {
+    /// A resource inboxes reach with [`Context::resource`].
+    pub fn resource<T: Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.resources.insert(value);
+        self
+    }
+
+    /// Handlers running at once, across inboxes (default 8).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n;
+        self
+    }
+
+    /// How long a claim holds before another worker may take it over (default 30 s).
+    /// Leases are renewed while handlers run; keep it well above clock skew between hosts.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// How often to look for work without a wake-up (default 1 s). Wake-ups after
+    /// commits make delivery prompt; polling is the fallback.
+    pub fn poll_interval(mut self, every: Duration) -> Self {
+        self.poll_interval = every;
+        self
+    }
+
+    /// Events per inbox batch, and retries per claim (default 100).
+    pub fn batch_size(mut self, n: usize) -> Self {
+        self.batch_size = n;
+        self
+    }
+
+    /// Lease expiries (crashed or hung workers) a delivery survives before it is
+    /// dead-lettered (default 3).
+    pub fn max_lease_expiries(mut self, n: u32) -> Self {
+        self.max_lease_expiries = n;
+        self
+    }
+
+    /// Deletes dead letters older than this while running (default: kept).
+    pub fn dead_retention(mut self, keep: Duration) -> Self {
+        self.dead_retention = Some(keep);
+        self
+    }
+
+    /// Runs exactly these inboxes instead of every `#[inbox]` linked in.
+    pub fn registry(mut self, registry: Registry) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// The name this worker's leases carry (default: process id and a random suffix).
+    pub fn worker_id(mut self, id: impl Into<String>) -> Self {
+        self.worker_id = Some(id.into());
+        self
+    }
+
+    /// Collects the inboxes (two with one name are [`Error::DuplicateInbox`]) and
+    /// checks the configuration.
+    pub fn build(self) -> Result<Dispatcher> {
+        let registry = match self.registry {
+            Some(r) => r,
+            None => Registry::collect()?,
+        };
+        if self.concurrency == 0 || self.batch_size == 0 {
+            return Err(Error::InvalidConfig("concurrency and batch_size must be at least 1".into()));
+        }
+        if self.lease < Duration::from_millis(100) || self.max_lease_expiries == 0 {
+            return Err(Error::InvalidConfig("lease must be at least 100 ms and max_lease_expiries at least 1".into()));
+        }
+        let me = self.worker_id.unwrap_or_else(|| format!("{}-{:08x}", std::process::id(), random() as u32));
+        Ok(Dispatcher {
+            inner: Arc::new(Inner {
+                store: self.store,
+                registry,
+                resources: Arc::new(self.resources),
+                semaphore: Arc::new(Semaphore::new(self.concurrency)),
+                lease: self.lease,
+                poll_interval: self.poll_interval,
+                batch_size: self.batch_size,
+                max_lease_expiries: self.max_lease_expiries,
+                dead_retention: self.dead_retention,
+                me,
+                careful: Mutex::default(),
+                started: OnceCell::new(),
+            }),
+        })
+    }
+}
+
+/// Delivers committed events to inboxes. Cheap to clone; clones share one worker.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> event_core::Result<()> {
+/// use event_core::dispatch::Dispatcher;
+/// # let store = event_core::Store::connect("sqlite::memory:").await?;
+/// # store.migrate().await?;
+/// let dispatcher = Dispatcher::builder(store.clone()).concurrency(8).build()?;
+/// dispatcher.drain().await?; // deliver everything pending, then return
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Dispatcher {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Store,
+    registry: Registry,
+    resources: Arc<Resources>,
+    semaphore: Arc<Semaphore>,
+    lease: Duration,
+    poll_interval: Duration,
+    batch_size: usize,
+    max_lease_expiries: u32,
+    dead_retention: Option<Duration>,
+    me: String,
+    /// Inboxes taken over from a crashed worker: events left to deliver one at a time.
+    careful: Mutex<HashMap<&'static str, usize>>,
+    started: OnceCell<()>,
+}
+
+/// What one pass over an inbox did.
+#[derive(Debug, Default, Clone, Copy)]
+struct Pass {
+    delivered: u64,
+    failed: u64,
+    /// More is waiting right now (the batch was full, or the lease is held elsewhere).
+    more: bool,
+}
+
+impl Dispatcher {
+    /// Starts configuring a dispatcher over `store`.
+    pub fn builder(store: Store) -> DispatcherBuilder {
+        DispatcherBuilder {
+            store,
+            registry: None,
+            resources: Resources::default(),
+            concurrency: 8,
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(1),
+            batch_size: 100,
+            max_lease_expiries: 3,
+            dead_retention: None,
+            worker_id: None,
+        }
+    }
+
+    /// The inboxes this dispatcher delivers to.
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    /// This worker's lease name.
+    pub fn worker_id(&self) -> &str {
+        &self.inner.me
+    }
+
+    /// Delivers everything pending now (new events and due retries), then returns.
+    /// Retries scheduled for later are left for later. For tests and scripts.
+    pub async fn drain(&self) -> Result<Drained> {
+        self.start().await?;
+        let mut total = Drained::default();
+        let settle_deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let horizon = self.inner.store.horizon().await?;
+            let mut progressed = false;
+            for def in self.inner.registry.iter() {
+                loop {
+                    let pass = self.pump_inbox(def, horizon.safe).await?;
+                    total.delivered += pass.delivered;
+                    total.failed += pass.failed;
+                    progressed |= pass.delivered + pass.failed > 0;
+                    if !pass.more {
+                        break;
+                    }
+                }
+            }
+            let pass = self.pump_retries().await?;
+            total.delivered += pass.delivered;
+            total.failed += pass.failed;
+            progressed |= pass.delivered + pass.failed > 0;
+            if !progressed && !pass.more {
+                // Events newer than the horizon wait for older transactions to end.
+                if horizon.unsettled && tokio::time::Instant::now() < settle_deadline {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                }
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Runs until `shutdown` completes: one task per inbox and one for retries, woken
+    /// by commits (and `NOTIFY` on PostgreSQL) and by polling. On shutdown it stops
+    /// taking work, lets in-flight deliveries finish, and releases its leases.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        self.start().await?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut tasks: Vec<JoinHandle<()>> = Vec::new();
+        for def in self.inner.registry.iter() {
+            let (me, stop) = (self.clone(), stop_rx.clone());
+            tasks.push(tokio::spawn(async move { me.inbox_loop(def, stop).await }));
+        }
+        let (me, stop) = (self.clone(), stop_rx.clone());
+        tasks.push(tokio::spawn(async move { me.retry_loop(stop).await }));
+        let listener = self.inner.store.postgres_pool().cloned().map(|pool| {
+            let store = self.inner.store.clone();
+            tokio::spawn(listen(store, pool))
+        });
+        shutdown.await;
+        tracing::info!(worker = %self.inner.me, "herald dispatcher stopping: finishing in-flight deliveries");
+        let _ = stop_tx.send(true);
+        for t in tasks {
+            let _ = t.await;
+        }
+        if let Some(l) = listener {
+            l.abort();
+        }
+        self.inner.store.release_leases(&self.inner.me).await
+    }
+
+    /// Status of every inbox known to the database or registered here, by name.
+    pub async fn status(&self) -> Result<Vec<InboxStatus>> {
+        self.start().await?;
+        let horizon = self.inner.store.horizon().await?;
+        let mut out = Vec::new();
+        for (name, checkpoint, retrying, dead) in self.inner.store.inbox_rows().await? {
+            let def = self.inner.registry.get(&name);
+            let pending = match def {
+                Some(def) => Some(self.inner.store.pending(def, checkpoint, horizon.safe).await?),
+                None => None,
+            };
+            out.push(InboxStatus { name, registered: def.is_some(), pending, retrying, dead });
+        }
+        Ok(out)
+    }
+
+    /// Registers the inboxes' checkpoints (once) and reports what was found.
+    async fn start(&self) -> Result<()> {
+        self.inner
+            .started
+            .get_or_try_init(|| async {
+                let store = &self.inner.store;
+                let horizon = store.horizon().await?;
+                for def in self.inner.registry.iter() {
+                    tracing::info!(
+                        inbox = def.name,
+                        subject = def.subject.unwrap_or("*"),
+                        actions = ?def.actions,
+                        location = %def.location(),
+                        "herald inbox registered"
+                    );
+                    let start = match def.start_from {
+                        StartFrom::Beginning => Position::default(),
+                        StartFrom::Now => horizon.safe,
+                    };
+                    store.sync_inbox(def.name, start, now()).await?;
+                }
+                for (name, checkpoint, retrying, dead) in store.inbox_rows().await? {
+                    if self.inner.registry.get(&name).is_none() && (retrying + dead > 0 || checkpoint < horizon.safe) {
+                        tracing::warn!(
+                            inbox = %name,
+                            retrying,
+                            dead,
+                            "herald: deliveries are pending for an inbox that is not registered in this program; \
+                             they are kept, not dropped (renamed? give it #[inbox(name = \"{name}\")])"
+                        );
+                    }
+                }
+                tracing::info!(worker = %self.inner.me, inboxes = self.inner.registry.len(), "herald dispatcher started");
+                Ok::<_, Error>(())
+            })
+            .await
+            .map(|_| ())
+    }
+
+    async fn inbox_loop(&self, def: &'static InboxDef, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut commits = self.inner.store.subscribe_commits();
+        let poll = self.inner.poll_interval;
+        let mut settle = Duration::from_millis(2);
+        while !*stop.borrow() {
+            commits.mark_unchanged();
+            let outcome = async {
+                let horizon = self.inner.store.horizon().await?;
+                let pass = self.pump_inbox(def, horizon.safe).await?;
+                Ok::<_, Error>((pass, horizon.unsettled))
+            }
+            .await;
+            let wait = match outcome {
+                Ok((pass, _)) if pass.more => continue,
+                // Newer events wait for older transactions to end: look again soon, then
+                // less and less often.
+                Ok((_, true)) => {
+                    let wait = settle;
+                    settle = (settle * 2).min(poll);
+                    wait.min(poll)
+                }
+                Ok((_, false)) => {
+                    settle = Duration::from_millis(2);
+                    poll
+                }
+                Err(e) => {
+                    tracing::warn!(inbox = def.name, error = %e, "herald: delivery pass failed; will retry");
+                    poll
+                }
+            };
+            tokio::select! {
+                _ = stop.changed() => {}
+                _ = commits.changed() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    async fn retry_loop(&self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut last_prune = tokio::time::Instant::now();
+        while !*stop.borrow() {
+            let more = match self.pump_retries().await {
+                Ok(pass) => pass.more,
+                Err(e) => {
+                    tracing::warn!(error = %e, "herald: retry pass failed; will retry");
+                    false
+                }
+            };
+            if let Some(keep) = self.inner.dead_retention
+                && last_prune.elapsed() > Duration::from_secs(60)
+            {
+                last_prune = tokio::time::Instant::now();
+                let before = now() - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
+                if let Err(e) = self.inner.store.prune_dead(before).await {
+                    tracing::warn!(error = %e, "herald: pruning dead letters failed");
+                }
+            }
+            if more {
+                continue;
+            }
+            tokio::select! {
+                _ = stop.changed() => {}
+                _ = tokio::time::sleep(self.inner.poll_interval) => {}
+            }
+        }
+    }
+
+    /// One batch of one inbox: lease it, deliver, move the checkpoint.
+    async fn pump_inbox(&self, def: &'static InboxDef, horizon: crate::dispatch::Position) -> Result<Pass> {
+        let inner = &*self.inner;
+        let store = &inner.store;
+        let t = now();
+        let Some(lease) = store.lease_inbox(def.name, &inner.me, t, t + chrono_of(inner.lease)).await? else {
+            return Ok(Pass::default());
+        };
+        if lease.checkpoint >= horizon {
+            store.advance(def.name, &inner.me, lease.checkpoint, None, &[], now()).await?;
+            return Ok(Pass::default());
+        }
+        let careful = {
+            let mut careful = inner.careful.lock().map_err(|_| Error::InvalidConfig("poisoned lock".into()))?;
+            if lease.taken_over {
+                tracing::warn!(
+                    inbox = def.name,
+                    crashes = lease.crashes_here(),
+                    "herald: took over an expired lease (a worker crashed or hung); re-delivering one at a time"
+                );
+                careful.insert(def.name, inner.batch_size);
+            }
+            careful.get(def.name).copied().unwrap_or(0) > 0
+        };
+        let limit = if careful { 1 } else { inner.batch_size };
+        let batch = store.read_batch(def, lease.checkpoint, horizon, limit).await?;
+        let to = match batch.last() {
+            Some((pos, _)) if batch.len() == limit => *pos,
+            _ => horizon,
+        };
+        let mut pass = Pass { more: to < horizon, ..Pass::default() };
+        let failures = if careful && lease.crashes_here() >= inner.max_lease_expiries {
+            // This event kept killing its workers: dead-letter it and move on.
+            batch
+                .iter()
+                .map(|(_, e)| Failure {
+                    event_id: e.id,
+                    attempts: 0,
+                    next_at: now(),
+                    error: format!(
+                        "its worker stopped {} times (crashed or hung past the lease) before finishing",
+                        lease.crashes_here()
+                    ),
+                    dead: true,
+                })
+                .collect()
+        } else {
+            let (delivered, failures) = self.deliver(def, batch.iter().map(|(_, e)| e.clone()).collect(), 0).await;
+            pass.delivered = delivered;
+            failures
+        };
+        pass.failed = failures.len() as u64;
+        let renew = pass.more.then(|| now() + chrono_of(inner.lease));
+        if !store.advance(def.name, &inner.me, to, renew, &failures, now()).await? {
+            tracing::warn!(inbox = def.name, "herald: lease lost mid-batch; its new owner re-delivers the batch");
+            return Ok(Pass::default());
+        }
+        if careful && let Ok(mut careful) = inner.careful.lock() {
+            let left = careful.entry(def.name).or_default();
+            *left = left.saturating_sub(batch.len().max(1));
+        }
+        Ok(pass)
+    }
+
+    /// Runs the handler on each event (filtered), concurrently; returns how many
+    /// succeeded and the failures. `attempts` is the number of failed attempts so far.
+    async fn deliver(&self, def: &'static InboxDef, events: Vec<Event>, attempts: u32) -> (u64, Vec<Failure>) {
+        let inner = &self.inner;
+        let mut running = Vec::with_capacity(events.len());
+        for event in events {
+            if def.filter.is_some_and(|f| !f(&event)) {
+                continue;
+            }
+            let Ok(permit) = inner.semaphore.clone().acquire_owned().await else { break };
+            let cx = Context::new(inner.store.clone(), inner.resources.clone(), def.name, event.clone(), attempts + 1);
+            let id = event.id;
+            running.push((
+                id,
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    (def.handler)(&event, &cx).await
+                }),
+            ));
+        }
+        let mut renew = tokio::time::interval(inner.lease / 3);
+        renew.tick().await;
+        let (mut delivered, mut failures) = (0, Vec::new());
+        for (id, mut handle) in running {
+            let joined = loop {
+                tokio::select! {
+                    joined = &mut handle => break joined,
+                    _ = renew.tick() => {
+                        let t = now();
+                        if let Err(e) = inner.store.lease_inbox(def.name, &inner.me, t, t + chrono_of(inner.lease)).await {
+                            tracing::warn!(inbox = def.name, error = %e, "herald: renewing a lease failed");
+                        }
+                    }
+                }
+            };
+            let error = match joined {
+                Ok(Ok(())) => {
+                    delivered += 1;
+                    continue;
+                }
+                Ok(Err(e)) => e,
+                Err(join) => InboxError::retry(panic_message(join)),
+            };
+            tracing::warn!(inbox = def.name, event = %id, attempt = attempts + 1, error = %error, "herald: delivery failed");
+            failures.push(failure(def, id, attempts + 1, error));
+        }
+        (delivered, failures)
+    }
+
+    /// One claim of due retries: run them, complete them in one transaction.
+    async fn pump_retries(&self) -> Result<Pass> {
+        let inner = &self.inner;
+        let t = now();
+        // Deliveries of inboxes this program does not know are left alone (and reported by `status`).
+        let names: Vec<&str> = inner.registry.iter().map(|d| d.name).collect();
+        let claimed =
+            inner.store.claim_retries(&inner.me, &names, t, t + chrono_of(inner.lease), inner.batch_size).await?;
+        let mut pass = Pass { more: claimed.len() == inner.batch_size, ..Pass::default() };
+        let (mut succeeded, mut failed) = (Vec::new(), Vec::new());
+        for c in claimed {
+            let Some(def) = inner.registry.get(&c.inbox) else { continue };
+            if c.expiries >= inner.max_lease_expiries {
+                let error = format!(
+                    "its worker stopped {} times (crashed or hung past the lease) before finishing",
+                    c.expiries
+                );
+                failed.push((
+                    c.id,
+                    Failure { event_id: c.event.id, attempts: c.attempts, next_at: now(), error, dead: true },
+                ));
+                pass.failed += 1;
+                continue;
+            }
+            let (ok, mut failures) = self.deliver(def, vec![c.event], c.attempts).await;
+            pass.delivered += ok;
+            if ok == 1 || failures.is_empty() {
+                succeeded.push(c.id);
+            }
+            if let Some(f) = failures.pop() {
+                pass.failed += 1;
+                failed.push((c.id, f));
+            }
+        }
+        if !succeeded.is_empty() || !failed.is_empty() {
+            inner.store.complete_retries(&inner.me, &succeeded, &failed, now()).await?;
+        }
+        Ok(pass)
+    }
+}
+
+/// Parks a failed attempt: when to try again, or dead.
+fn failure(def: &InboxDef, event_id: EventId, attempts: u32, error: InboxError) -> Failure {
+    let dead = error.outcome == Outcome::GiveUp || attempts >= def.max_attempts;
+    let delay = match error.outcome {
+        Outcome::RetryAfter(d) => d,
+        _ => backoff(def, attempts),
+    };
+    Failure { event_id, attempts, next_at: now() + chrono_of(delay), error: error.message().to_owned(), dead }
+}
+
+/// Exponential backoff with jitter: attempt n waits between half and all of
+/// `backoff * 2^(n-1)`, capped at `backoff_max`.
+pub(crate) fn backoff(def: &InboxDef, attempts: u32) -> Duration {
+    let exp = def.backoff.saturating_mul(1u32 << attempts.saturating_sub(1).min(30)).min(def.backoff_max);
+    let half = exp / 2;
+    half + half.mul_f64((random() % 10_000) as f64 / 10_000.0)
+}
+
+fn chrono_of(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+fn panic_message(join: tokio::task::JoinError) -> String {
+    if !join.is_panic() {
+        return "handler task was cancelled".to_owned();
+    }
+    let payload = join.into_panic();
+    let text = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-string payload".to_owned());
+    format!("handler panicked: {text}")
+}
+
+/// A cheap pseudo-random number (jitter and worker ids need no cryptography).
+fn random() -> u64 {
+    static STATE: AtomicU64 = AtomicU64::new(0);
+    let seed = STATE.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+        ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    // splitmix64
+    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Keeps a LISTEN connection on the schema's channel and wakes the dispatchers on
+/// each notification; reconnects when the connection drops (polling covers the gap).
+async fn listen(store: Store, pool: sqlx::PgPool) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let connected = async {
+            let channel = crate::store::notify_channel(&pool).await?;
+            let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+            listener.listen(&channel).await?;
+            Ok::<_, sqlx::Error>(listener)
+        }
+        .await;
+        match connected {
+            Ok(mut listener) => {
+                backoff = Duration::from_millis(50);
+                store.poke(); // anything committed while we were away
+                loop {
+                    match listener.try_recv().await {
+                        Ok(Some(_)) => store.poke(),
+                        Ok(None) => {
+                            tracing::warn!("herald: LISTEN connection lost; reconnecting (polling meanwhile)");
+                            store.poke();
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "herald: LISTEN reconnect failed; polling meanwhile");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "herald: cannot LISTEN; polling meanwhile"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,318 @@
+//! Inboxes: async functions that receive committed events, registered at link time.
+//!
+//! `#[inbox]` appends an [`inventory::submit!`] of an [`InboxDef`] beside the user's
+//! untouched function. [`Registry::collect`] builds the name → inbox map once,
+//! sorted by name (the order `inventory` yields is never relied on), and refuses two
+//! inboxes with one name, naming both source locations.
+//!
+//! # Handlers in another crate
+//!
+//! The linker drops a crate nothing refers to, and its inboxes with it. If your
+//! inboxes live in a crate of their own (say `my_handlers`), refer to it from the
+//! binary that runs the dispatcher, e.g. `use my_handlers as _;`, so it is linked.
+//! [`Registry::collect`] lists what was found; the dispatcher logs it at start.
+
+use std::any::{Any, TypeId};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::Error;
+use crate::model::{Actor, Event, Subject};
+use crate::record::Record;
+use crate::store::{Store, Transaction};
+
+/// The future an inbox handler returns.
+pub type HandlerFuture<'a> = Pin<Box<dyn Future<Output = Result<(), InboxError>> + Send + 'a>>;
+
+/// An inbox handler as registered: a plain function pointer.
+pub type Handler = for<'a> fn(&'a Event, &'a Context) -> HandlerFuture<'a>;
+
+/// Where a newly registered inbox starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartFrom {
+    /// Only events committed after the inbox is first seen (the default).
+    Now,
+    /// Every event ever recorded: replays history, e.g. into a new projection.
+    Beginning,
+}
+
+/// One inbox, as `#[inbox]` registers it: const data and function pointers only.
+#[derive(Debug)]
+pub struct InboxDef {
+    /// The stable name deliveries are stored under: `module::path::fn_name`, or the
+    /// explicit `name = "…"`, which survives renames and moves.
+    pub name: &'static str,
+    /// The subject type it receives, or `None` for every subject.
+    pub subject: Option<&'static str>,
+    /// The actions it receives; empty means every action.
+    pub actions: &'static [&'static str],
+    /// A further filter: events it returns `false` for are skipped (acknowledged unseen).
+    pub filter: Option<fn(&Event) -> bool>,
+    /// Attempts before a delivery is dead-lettered.
+    pub max_attempts: u32,
+    /// The first retry delay; each further retry doubles it (with jitter).
+    pub backoff: Duration,
+    /// The longest retry delay.
+    pub backoff_max: Duration,
+    /// Where the inbox starts when it is first seen.
+    pub start_from: StartFrom,
+    /// The function.
+    pub handler: Handler,
+    /// Source file of the `#[inbox]` function.
+    pub file: &'static str,
+    /// Source line of the `#[inbox]` function.
+    pub line: u32,
+}
+
+inventory::collect!(InboxDef);
+
+impl InboxDef {
+    /// Default attempts before a delivery is dead-lettered.
+    pub const DEFAULT_MAX_ATTEMPTS: u32 = 10;
+    /// Default first retry delay.
+    pub const DEFAULT_BACKOFF: Duration = Duration::from_secs(1);
+    /// Default longest retry delay.
+    pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(3600);
+
+    /// Whether this inbox wants `event` by subject and action (the filter aside).
+    pub fn routes(&self, subject_kind: &str, action: &str) -> bool {
+        self.subject.is_none_or(|s| s == subject_kind) && (self.actions.is_empty() || self.actions.contains(&action))
+    }
+
+    /// Whether this inbox receives `event`: subject, actions and filter.
+    pub fn accepts(&self, event: &Event) -> bool {
+        self.routes(&event.subject.kind, &event.action) && self.filter.is_none_or(|f| f(event))
+    }
+
+    /// `file:line` of the inbox function.
+    pub fn location(&self) -> String {
+        format!("{}:{}", self.file, self.line)
+    }
+}
+
+/// The inboxes linked into this program, by name.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    inboxes: BTreeMap<&'static str, &'static InboxDef>,
+}
+
+impl Registry {
+    /// Every `#[inbox]` linked into the program; two inboxes with one name are
+    /// [`Error::DuplicateInbox`].
+    pub fn collect() -> Result<Self, Error> {
+        Self::from_defs(inventory::iter::<InboxDef>)
+    }
+
+    /// A registry of exactly these inboxes (for tests and for running a subset).
+    pub fn from_defs(defs: impl IntoIterator<Item = &'static InboxDef>) -> Result<Self, Error> {
+        let mut inboxes: BTreeMap<&'static str, &'static InboxDef> = BTreeMap::new();
+        for def in defs {
+            if let Some(other) = inboxes.insert(def.name, def) {
+                let (mut a, mut b) = (other.location(), def.location());
+                if a > b {
+                    std::mem::swap(&mut a, &mut b);
+                }
+                return Err(Error::DuplicateInbox { name: def.name.to_owned(), first: a, second: b });
+            }
+        }
+        Ok(Registry { inboxes })
+    }
+
+    /// Only the inboxes `keep` says yes to (e.g. to run a subset in a test).
+    pub fn retain(mut self, keep: impl Fn(&InboxDef) -> bool) -> Self {
+        self.inboxes.retain(|_, def| keep(def));
+        self
+    }
+
+    /// The inboxes, sorted by name.
+    pub fn iter(&self) -> impl Iterator<Item = &'static InboxDef> + '_ {
+        self.inboxes.values().copied()
+    }
+
+    /// The inbox named `name`.
+    pub fn get(&self, name: &str) -> Option<&'static InboxDef> {
+        self.inboxes.get(name).copied()
+    }
+
+    /// How many inboxes there are.
+    pub fn len(&self) -> usize {
+        self.inboxes.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.inboxes.is_empty()
+    }
+
+    /// The names of the inboxes `event` would be delivered to, sorted.
+    pub fn routes(&self, event: &Event) -> Vec<&'static str> {
+        self.iter().filter(|d| d.accepts(event)).map(|d| d.name).collect()
+    }
+}
+
+/// Why a delivery failed, and what to do about it.
+///
+/// Any error converts into it with `?` (as a retryable failure); it deliberately does
+/// not implement [`std::error::Error`] itself, like `anyhow::Error`.
+pub struct InboxError {
+    message: String,
+    pub(crate) outcome: Outcome,
+}
+
+/// What the dispatcher does with a failed delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Retry after the inbox's backoff.
+    Retry,
+    /// Retry no sooner than this.
+    RetryAfter(Duration),
+    /// Dead-letter now, whatever attempts are left.
+    GiveUp,
+}
+
+impl InboxError {
+    /// A failure to retry with the inbox's backoff.
+    pub fn retry(message: impl fmt::Display) -> Self {
+        InboxError { message: message.to_string(), outcome: Outcome::Retry }
+    }
+
+    /// A failure to retry no sooner than `delay` (e.g. a `Retry-After` header).
+    pub fn retry_after(delay: Duration, message: impl fmt::Display) -> Self {
+        InboxError { message: message.to_string(), outcome: Outcome::RetryAfter(delay) }
+    }
+
+    /// A failure that retrying cannot fix: the delivery is dead-lettered at once.
+    pub fn give_up(message: impl fmt::Display) -> Self {
+        InboxError { message: message.to_string(), outcome: Outcome::GiveUp }
+    }
+
+    /// The message recorded with the delivery.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl<E: std::error::Error> From<E> for InboxError {
+    fn from(e: E) -> Self {
+        let mut message = e.to_string();
+        let mut source = e.source();
+        while let Some(s) = source {
+            message.push_str(": ");
+            message.push_str(&s.to_string());
+            source = s.source();
+        }
+        InboxError::retry(message)
+    }
+}
+
+impl fmt::Debug for InboxError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InboxError").field("message", &self.message).field("outcome", &self.outcome).finish()
+    }
+}
+
+impl fmt::Display for InboxError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Typed values handed to every inbox: mailers, HTTP clients, configuration.
+#[derive(Clone, Default)]
+pub struct Resources {
+    map: HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
+}
+
+impl Resources {
+    /// Adds (or replaces) the resource of type `T`.
+    pub fn insert<T: Send + Sync + 'static>(&mut self, value: T) {
+        self.map.insert(TypeId::of::<T>(), Arc::new(value));
+    }
+
+    /// The resource of type `T`, if one was given.
+    pub fn get<T: Send + Sync + 'static>(&self) -> Option<&T> {
+        self.map.get(&TypeId::of::<T>()).and_then(|v| v.downcast_ref())
+    }
+}
+
+impl fmt::Debug for Resources {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Resources").field("count", &self.map.len()).finish()
+    }
+}
+
+/// What an inbox gets besides the event: resources, the store, and recording of
+/// follow-up events that carry the trigger as their cause.
+#[derive(Debug, Clone)]
+pub struct Context {
+    store: Store,
+    resources: Arc<Resources>,
+    inbox: &'static str,
+    trigger: Event,
+    attempt: u32,
+}
+
+impl Context {
+    /// A context for delivering `trigger` to `inbox` (attempt 1 is the first try).
+    pub fn new(store: Store, resources: Arc<Resources>, inbox: &'static str, trigger: Event, attempt: u32) -> Self {
+        Context { store, resources, inbox, trigger, attempt }
+    }
+
+    /// The resource of type `T` given to the dispatcher builder.
+    ///
+    /// A missing resource is a configuration mistake: the error gives up at once.
+    pub fn resource<T: Send + Sync + 'static>(&self) -> Result<&T, InboxError> {
+        self.resources.get::<T>().ok_or_else(|| {
+            InboxError::give_up(format!(
+                "no resource of type {} was given to the dispatcher",
+                std::any::type_name::<T>()
+            ))
+        })
+    }
+
+    /// The store the event came from.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The name of the inbox being delivered to.
+    pub fn inbox(&self) -> &'static str {
+        self.inbox
+    }
+
+    /// Which attempt this is: 1 for the first delivery.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The event being delivered.
+    pub fn event(&self) -> &Event {
+        &self.trigger
+    }
+
+    /// Begins a transaction whose recorded events are caused by the triggering event
+    /// (causation id = its id, correlation id = its correlation id).
+    pub async fn begin(&self) -> Result<Transaction<'static>, Error> {
+        let mut tx = self.store.begin().await?;
+        tx.set_cause(&self.trigger);
+        Ok(tx)
+    }
+
+    /// Records one follow-up event in a transaction of its own, caused by the trigger.
+    pub async fn record(
+        &self,
+        subject: impl Into<Subject>,
+        action: impl AsRef<str>,
+        actor: impl Into<Actor>,
+        metadata: impl serde::Serialize + Send,
+    ) -> Result<Event, Error> {
+        let mut tx = self.begin().await?;
+        let event = Record::metadata(tx.record(subject, action, actor), metadata).await?;
+        tx.commit().await?;
+        Ok(event)
+    }
+}

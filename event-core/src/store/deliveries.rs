@@ -1,0 +1,132 @@
+//! The delivery-state operations of the dispatcher, routed to the backend modules
+//! (`sqlite/dispatch.rs`, `postgres/dispatch.rs`), which mirror each other.
+
+use chrono::{DateTime, Utc};
+
+use super::{Pool, Store, postgres, sqlite};
+use crate::dispatch::{Claimed, DeadLetter, Failure, Horizon, Lease, Position};
+use crate::error::Result;
+use crate::inbox::InboxDef;
+use crate::model::Event;
+
+macro_rules! on_backend {
+    ($store:expr, $f:ident($($arg:expr),* $(,)?)) => {
+        match &$store.pool {
+            Pool::Sqlite(p) => sqlite::dispatch::$f(p, $($arg),*).await,
+            Pool::Postgres(p) => postgres::dispatch::$f(p, $($arg),*).await,
+        }
+    };
+}
+
+impl Store {
+    pub(crate) fn subscribe_commits(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.wake.subscribe()
+    }
+
+    pub(crate) fn poke(&self) {
+        self.wake.poke();
+    }
+
+    pub(crate) async fn horizon(&self) -> Result<Horizon> {
+        on_backend!(self, horizon())
+    }
+
+    pub(crate) async fn sync_inbox(&self, name: &str, start: Position, now: DateTime<Utc>) -> Result<()> {
+        on_backend!(self, sync_inbox(name, start, now))
+    }
+
+    pub(crate) async fn lease_inbox(
+        &self,
+        name: &str,
+        me: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Option<Lease>> {
+        on_backend!(self, lease_inbox(name, me, now, until))
+    }
+
+    pub(crate) async fn read_batch(
+        &self,
+        def: &InboxDef,
+        after: Position,
+        upto: Position,
+        limit: usize,
+    ) -> Result<Vec<(Position, Event)>> {
+        on_backend!(self, read_batch(def, after, upto, limit))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn advance(
+        &self,
+        name: &str,
+        me: &str,
+        to: Position,
+        renew: Option<DateTime<Utc>>,
+        failures: &[Failure],
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        on_backend!(self, advance(name, me, to, renew, failures, now))
+    }
+
+    pub(crate) async fn claim_retries(
+        &self,
+        me: &str,
+        inboxes: &[&str],
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Claimed>> {
+        on_backend!(self, claim_retries(me, inboxes, now, until, limit))
+    }
+
+    pub(crate) async fn complete_retries(
+        &self,
+        me: &str,
+        succeeded: &[i64],
+        failed: &[(i64, Failure)],
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        on_backend!(self, complete_retries(me, succeeded, failed, now))
+    }
+
+    pub(crate) async fn release_leases(&self, me: &str) -> Result<()> {
+        on_backend!(self, release(me))
+    }
+
+    /// Dead deliveries, newest first, of one inbox or of all.
+    pub async fn dead_letters(&self, inbox: Option<&str>) -> Result<Vec<DeadLetter>> {
+        on_backend!(self, dead_letters(inbox))
+    }
+
+    /// Schedules one dead delivery for a fresh round of attempts, now.
+    pub async fn retry_dead(&self, id: i64) -> Result<()> {
+        match on_backend!(self, retry_dead(Some(id), None, crate::model::now()))? {
+            0 => Err(crate::Error::NoSuchDelivery(id)),
+            _ => {
+                self.poke();
+                Ok(())
+            }
+        }
+    }
+
+    /// Schedules every dead delivery (of one inbox, or of all) for a fresh round of
+    /// attempts, now; returns how many.
+    pub async fn retry_all_dead(&self, inbox: Option<&str>) -> Result<u64> {
+        let n = on_backend!(self, retry_dead(None, inbox, crate::model::now()))?;
+        self.poke();
+        Ok(n)
+    }
+
+    /// Deletes dead deliveries that failed before `before`; returns how many.
+    pub async fn prune_dead(&self, before: DateTime<Utc>) -> Result<u64> {
+        on_backend!(self, prune_dead(before))
+    }
+
+    pub(crate) async fn inbox_rows(&self) -> Result<Vec<(String, Position, i64, i64)>> {
+        on_backend!(self, inbox_rows())
+    }
+
+    pub(crate) async fn pending(&self, def: &InboxDef, after: Position, upto: Position) -> Result<i64> {
+        on_backend!(self, pending(def, after, upto))
+    }
+}

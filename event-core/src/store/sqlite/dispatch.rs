@@ -1,0 +1,314 @@
+//! SQLite delivery state. Mirrors `postgres/dispatch.rs`.
+//!
+//! A position is `(0, id)`: writers hold SQLite's one write lock from `BEGIN
+//! IMMEDIATE` to `COMMIT`, so ids are handed out in commit order and every event
+//! up to `max(id)` is committed and final.
+
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::SqlitePool;
+use sqlx::{QueryBuilder, Row, Sqlite};
+
+use super::{EVENT_COLUMNS, decode, decode_time, encode_time};
+use crate::dispatch::{Claimed, DeadLetter, Failure, Horizon, Lease, LeaseRow, Position};
+use crate::error::{Error, Result};
+use crate::inbox::InboxDef;
+use crate::model::{Event, EventId};
+
+pub(crate) async fn horizon(pool: &SqlitePool) -> Result<Horizon> {
+    let max: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM herald_events").fetch_one(pool).await?;
+    Ok(Horizon { safe: Position { tx: 0, id: max.unwrap_or(0) }, unsettled: false })
+}
+
+pub(crate) async fn sync_inbox(pool: &SqlitePool, name: &str, start: Position, now: DateTime<Utc>) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO herald_inboxes (name, checkpoint_tx, checkpoint_id, created_at, updated_at) \
+         VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
+    )
+    .bind(name)
+    .bind(start.tx)
+    .bind(start.id)
+    .bind(encode_time(now))
+    .bind(encode_time(now))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn lease_inbox(
+    pool: &SqlitePool,
+    name: &str,
+    me: &str,
+    now: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> Result<Option<Lease>> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let row = sqlx::query(
+        "SELECT checkpoint_tx, checkpoint_id, lease_owner, lease_until, crash_tx, crash_id, crashes \
+         FROM herald_inboxes WHERE name = ?",
+    )
+    .bind(name)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let lease_until: Option<String> = row.try_get("lease_until")?;
+    let current = LeaseRow {
+        checkpoint: Position { tx: row.try_get("checkpoint_tx")?, id: row.try_get("checkpoint_id")? },
+        owner: row.try_get("lease_owner")?,
+        until: lease_until.map(|t| decode_time(0, &t)).transpose()?,
+        crash_at: match (row.try_get::<Option<i64>, _>("crash_tx")?, row.try_get::<Option<i64>, _>("crash_id")?) {
+            (Some(tx), Some(id)) => Some(Position { tx, id }),
+            _ => None,
+        },
+        crashes: row.try_get::<i64, _>("crashes")? as u32,
+    };
+    let Some(lease) = current.acquire(me, now) else { return Ok(None) };
+    sqlx::query(
+        "UPDATE herald_inboxes SET lease_owner = ?, lease_until = ?, crash_tx = ?, crash_id = ?, crashes = ?, \
+         updated_at = ? WHERE name = ?",
+    )
+    .bind(me)
+    .bind(encode_time(until))
+    .bind(lease.crash_at.map(|p| p.tx))
+    .bind(lease.crash_at.map(|p| p.id))
+    .bind(i64::from(lease.crashes))
+    .bind(encode_time(now))
+    .bind(name)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Some(lease))
+}
+
+pub(crate) async fn read_batch(
+    pool: &SqlitePool,
+    def: &InboxDef,
+    after: Position,
+    upto: Position,
+    limit: usize,
+) -> Result<Vec<(Position, Event)>> {
+    let mut q = QueryBuilder::<Sqlite>::new(format!("SELECT {EVENT_COLUMNS} FROM herald_events WHERE id > "));
+    q.push_bind(after.id).push(" AND id <= ").push_bind(upto.id);
+    crate::store::push_inbox_filter(&mut q, def);
+    q.push(" ORDER BY id LIMIT ").push_bind(limit as i64);
+    let rows = q.build().fetch_all(pool).await?;
+    rows.iter().map(|r| decode(r).map(|e| (Position { tx: 0, id: e.id.0 }, e))).collect()
+}
+
+/// Parks the failures and moves the checkpoint, in one transaction, if the lease is
+/// still ours; `false` (and nothing written) if another worker took it.
+pub(crate) async fn advance(
+    pool: &SqlitePool,
+    name: &str,
+    me: &str,
+    to: Position,
+    renew: Option<DateTime<Utc>>,
+    failures: &[Failure],
+    now: DateTime<Utc>,
+) -> Result<bool> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let moved = sqlx::query(
+        "UPDATE herald_inboxes SET checkpoint_tx = ?, checkpoint_id = ?, lease_owner = ?, lease_until = ?, \
+         updated_at = ? WHERE name = ? AND lease_owner = ?",
+    )
+    .bind(to.tx)
+    .bind(to.id)
+    .bind(renew.map(|_| me))
+    .bind(renew.map(encode_time))
+    .bind(encode_time(now))
+    .bind(name)
+    .bind(me)
+    .execute(&mut *tx)
+    .await?;
+    if moved.rows_affected() != 1 {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    for f in failures {
+        sqlx::query(
+            "INSERT INTO herald_deliveries (inbox, event_id, attempts, next_at, last_error, dead, created_at, \
+             updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (inbox, event_id) DO NOTHING",
+        )
+        .bind(name)
+        .bind(f.event_id.0)
+        .bind(i64::from(f.attempts))
+        .bind(encode_time(f.next_at))
+        .bind(&f.error)
+        .bind(f.dead)
+        .bind(encode_time(now))
+        .bind(encode_time(now))
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(true)
+}
+
+pub(crate) async fn claim_retries(
+    pool: &SqlitePool,
+    me: &str,
+    inboxes: &[&str],
+    now: DateTime<Utc>,
+    until: DateTime<Utc>,
+    limit: usize,
+) -> Result<Vec<Claimed>> {
+    let rows = sqlx::query(
+        "UPDATE herald_deliveries SET lease_owner = ?1, lease_until = ?2, \
+         expiries = expiries + (lease_until IS NOT NULL) \
+         WHERE id IN (SELECT id FROM herald_deliveries WHERE dead = 0 AND next_at <= ?3 \
+         AND (lease_until IS NULL OR lease_until < ?3) \
+         AND inbox IN (SELECT value FROM json_each(?5)) ORDER BY next_at LIMIT ?4) \
+         RETURNING id, inbox, event_id, attempts, expiries",
+    )
+    .bind(me)
+    .bind(encode_time(until))
+    .bind(encode_time(now))
+    .bind(limit as i64)
+    .bind(serde_json::to_string(inboxes).unwrap_or_else(|_| "[]".to_owned()))
+    .fetch_all(pool)
+    .await?;
+    let mut claimed = Vec::with_capacity(rows.len());
+    for r in rows {
+        let event_id: i64 = r.try_get("event_id")?;
+        let event = super::event(pool, EventId(event_id))
+            .await?
+            .ok_or_else(|| Error::Corrupt { id: event_id, reason: "delivery of a missing event".into() })?;
+        claimed.push(Claimed {
+            id: r.try_get("id")?,
+            inbox: r.try_get("inbox")?,
+            event,
+            attempts: r.try_get::<i64, _>("attempts")? as u32,
+            expiries: r.try_get::<i64, _>("expiries")? as u32,
+        });
+    }
+    Ok(claimed)
+}
+
+pub(crate) async fn complete_retries(
+    pool: &SqlitePool,
+    me: &str,
+    succeeded: &[i64],
+    failed: &[(i64, Failure)],
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    for id in succeeded {
+        sqlx::query("DELETE FROM herald_deliveries WHERE id = ? AND lease_owner = ?")
+            .bind(id)
+            .bind(me)
+            .execute(&mut *tx)
+            .await?;
+    }
+    for (id, f) in failed {
+        sqlx::query(
+            "UPDATE herald_deliveries SET attempts = ?, next_at = ?, last_error = ?, dead = ?, lease_owner = NULL, \
+             lease_until = NULL, updated_at = ? WHERE id = ? AND lease_owner = ?",
+        )
+        .bind(i64::from(f.attempts))
+        .bind(encode_time(f.next_at))
+        .bind(&f.error)
+        .bind(f.dead)
+        .bind(encode_time(now))
+        .bind(id)
+        .bind(me)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+pub(crate) async fn release(pool: &SqlitePool, me: &str) -> Result<()> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    sqlx::query("UPDATE herald_inboxes SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?")
+        .bind(me)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("UPDATE herald_deliveries SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?")
+        .bind(me)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+pub(crate) async fn dead_letters(pool: &SqlitePool, inbox: Option<&str>) -> Result<Vec<DeadLetter>> {
+    let rows = sqlx::query(
+        "SELECT id, inbox, event_id, attempts, expiries, last_error, updated_at FROM herald_deliveries \
+         WHERE dead = 1 AND (?1 IS NULL OR inbox = ?1) ORDER BY updated_at DESC, id DESC",
+    )
+    .bind(inbox)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let at: String = r.try_get("updated_at")?;
+            Ok(DeadLetter {
+                id: r.try_get("id")?,
+                inbox: r.try_get("inbox")?,
+                event_id: EventId(r.try_get("event_id")?),
+                attempts: r.try_get::<i64, _>("attempts")? as u32,
+                expiries: r.try_get::<i64, _>("expiries")? as u32,
+                last_error: r.try_get("last_error")?,
+                failed_at: decode_time(0, &at)?,
+            })
+        })
+        .collect()
+}
+
+pub(crate) async fn retry_dead(
+    pool: &SqlitePool,
+    id: Option<i64>,
+    inbox: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<u64> {
+    let done = sqlx::query(
+        "UPDATE herald_deliveries SET dead = 0, attempts = 0, expiries = 0, next_at = ?1, lease_owner = NULL, \
+         lease_until = NULL, updated_at = ?1 WHERE dead = 1 AND (?2 IS NULL OR id = ?2) AND (?3 IS NULL OR inbox = ?3)",
+    )
+    .bind(encode_time(now))
+    .bind(id)
+    .bind(inbox)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+pub(crate) async fn prune_dead(pool: &SqlitePool, before: DateTime<Utc>) -> Result<u64> {
+    let done = sqlx::query("DELETE FROM herald_deliveries WHERE dead = 1 AND updated_at < ?")
+        .bind(encode_time(before))
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected())
+}
+
+pub(crate) async fn inbox_rows(pool: &SqlitePool) -> Result<Vec<(String, Position, i64, i64)>> {
+    let rows = sqlx::query(
+        "SELECT i.name AS name, i.checkpoint_tx AS tx, i.checkpoint_id AS id, \
+         (SELECT COUNT(*) FROM herald_deliveries d WHERE d.inbox = i.name AND d.dead = 0) AS retrying, \
+         (SELECT COUNT(*) FROM herald_deliveries d WHERE d.inbox = i.name AND d.dead = 1) AS dead \
+         FROM herald_inboxes i \
+         UNION ALL SELECT DISTINCT d.inbox, 0, 0, \
+         (SELECT COUNT(*) FROM herald_deliveries x WHERE x.inbox = d.inbox AND x.dead = 0), \
+         (SELECT COUNT(*) FROM herald_deliveries x WHERE x.inbox = d.inbox AND x.dead = 1) \
+         FROM herald_deliveries d WHERE d.inbox NOT IN (SELECT name FROM herald_inboxes) ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.try_get(0)?,
+                Position { tx: r.try_get(1)?, id: r.try_get(2)? },
+                r.try_get::<i64, _>(3)?,
+                r.try_get::<i64, _>(4)?,
+            ))
+        })
+        .collect()
+}
+
+pub(crate) async fn pending(pool: &SqlitePool, def: &InboxDef, after: Position, upto: Position) -> Result<i64> {
+    let mut q = QueryBuilder::<Sqlite>::new("SELECT COUNT(*) FROM herald_events WHERE id > ");
+    q.push_bind(after.id).push(" AND id <= ").push_bind(upto.id);
+    crate::store::push_inbox_filter(&mut q, def);
+    Ok(q.build().fetch_one(pool).await?.try_get(0)?)
+}

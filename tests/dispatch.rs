@@ -1,0 +1,456 @@
+//! The dispatcher: at-least-once delivery to every matching inbox, after commit,
+//! with retries, backoff, dead letters and prompt wake-ups, on both backends.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use herald::prelude::*;
+use herald::{Context, Dispatcher, InboxError, NewEvent, Registry, inbox};
+use serde_json::json;
+
+use common::{create_handled, execute, handled, note, switch_on};
+
+// ---- fan-out -----------------------------------------------------------------
+
+#[inbox(subject = "fan", actions = ["posted"])]
+async fn fan_mail(event: &Event, cx: &Context) -> Result<(), InboxError> {
+    Ok(note(cx.store(), "fan_mail", event, cx.attempt()).await?)
+}
+
+#[inbox(subject = "fan")]
+async fn fan_audit(event: &Event, cx: &Context) -> Result<(), InboxError> {
+    Ok(note(cx.store(), "fan_audit", event, cx.attempt()).await?)
+}
+
+#[inbox(subject = "fan", actions = ["posted", "edited"], filter = is_public)]
+async fn fan_public(event: &Event, cx: &Context) -> Result<(), InboxError> {
+    Ok(note(cx.store(), "fan_public", event, cx.attempt()).await?)
+}
+
+fn is_public(event: &Event) -> bool {
+    event.meta("public") == Some(&json!(true))
+}
+
+#[inbox(subject = "other", actions = ["posted"])]
+async fn fan_other(event: &Event, cx: &Context) -> Result<(), InboxError> {
+    Ok(note(cx.store(), "fan_other", event, cx.attempt()).await?)
+}
+
+fn only(prefix: &'static str) -> Registry {
+    Registry::collect()
+        .expect("registry")
+        .retain(move |d| d.name.rsplit("::").next().is_some_and(|n| n.starts_with(prefix)))
+}
+
+async fn dispatcher(store: &Store, prefix: &'static str) -> Dispatcher {
+    Dispatcher::builder(store.clone()).registry(only(prefix)).build().expect("dispatcher")
+}
+
+backend_test!(fan_out_to_every_matching_inbox_once, |store| async move {
+    create_handled(&store).await;
+    let d = dispatcher(&store, "fan_").await;
+    d.drain().await.unwrap(); // inboxes start from now
+
+    let mut tx = store.begin().await.unwrap();
+    let posted =
+        tx.record(Subject::new("fan", 1), "posted", Actor::system()).metadata(json!({"public": true})).await.unwrap();
+    tx.commit().await.unwrap();
+    let mut rolled_back = store.begin().await.unwrap();
+    rolled_back
+        .record(Subject::new("fan", 2), "posted", Actor::system())
+        .metadata(json!({"public": true}))
+        .await
+        .unwrap();
+    rolled_back.rollback().await.unwrap();
+
+    let routes = d.registry().routes(&posted);
+    assert_eq!(routes, ["dispatch::fan_audit", "dispatch::fan_mail", "dispatch::fan_public"]);
+
+    let drained = d.drain().await.unwrap();
+    assert_eq!(drained.delivered, 3);
+    let mut got: Vec<_> =
+        handled(&store).await.into_iter().map(|(inbox, id, attempt, _)| (inbox, id, attempt)).collect();
+    got.sort();
+    let id = posted.id.0;
+    assert_eq!(got, [("fan_audit".into(), id, 1), ("fan_mail".into(), id, 1), ("fan_public".into(), id, 1)]);
+
+    // Nothing is delivered twice, and a non-public edit reaches only the audit inbox.
+    assert_eq!(d.drain().await.unwrap().delivered, 0);
+    let mut tx = store.begin().await.unwrap();
+    tx.record(Subject::new("fan", 1), "edited", Actor::system()).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(d.drain().await.unwrap().delivered, 1);
+    assert_eq!(handled(&store).await.len(), 4);
+});
+
+// ---- failures, retries, dead letters -----------------------------------------
+
+#[inbox(subject = "iso", max_attempts = 3, backoff = "10ms", backoff_max = "20ms")]
+async fn iso_flaky(event: &Event, cx: &Context) -> Result<(), InboxError> {
+    note(cx.store(), "iso_flaky", event, cx.attempt()).await?;
+    if switch_on(cx.store(), "iso_fixed").await { Ok(()) } else { Err(InboxError::retry("smtp server said no")) }
+}
+
+#[inbox(subject = "iso")]
+async fn iso_steady(event: &Event, cx: &Context) -> Result<(), InboxError> {
+    Ok(note(cx.store(), "iso_steady", event, cx.attempt()).await?)
+}
+
+#[inbox(subject = "iso", max_attempts = 5, backoff = "10ms")]
+async fn iso_panics(event: &Event, cx: &Context) -> Result<(), InboxError> {
+    note(cx.store(), "iso_panics", event, cx.attempt()).await?;
+    if event.meta("fatal") == Some(&json!(true)) {
+        return Err(InboxError::give_up("malformed payload"));
+    }
+    panic!("boom on attempt {}", cx.attempt());
+}
+
+/// Drains until nothing is pending or due soon.
+async fn drain_until_settled(d: &Dispatcher, rounds: usize) {
+    for _ in 0..rounds {
+        d.drain().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+}
+
+backend_test!(failing_inbox_is_isolated_then_dead_then_retried, |store| async move {
+    create_handled(&store).await;
+    execute(&store, "CREATE TABLE switches (name TEXT PRIMARY KEY)").await.unwrap();
+    let d = dispatcher(&store, "iso_").await;
+    d.drain().await.unwrap();
+
+    let mut tx = store.begin().await.unwrap();
+    let e = tx.record(Subject::new("iso", 1), "happened", Actor::system()).await.unwrap();
+    tx.commit().await.unwrap();
+
+    // The first drain: the steady inbox is served although the others keep failing.
+    let first = d.drain().await.unwrap();
+    assert_eq!(first.delivered, 1);
+    assert!(first.failed >= 2, "{first:?}");
+    assert!(handled(&store).await.iter().any(|(inbox, ..)| inbox == "iso_steady"));
+
+    drain_until_settled(&d, 12).await;
+    let runs = handled(&store).await;
+    let count = |name: &str| runs.iter().filter(|(inbox, ..)| inbox == name).count();
+    assert_eq!(count("iso_steady"), 1, "delivered once");
+    assert_eq!(count("iso_flaky"), 3, "max_attempts = 3");
+    assert_eq!(count("iso_panics"), 5, "panics are failures, retried up to max_attempts = 5");
+
+    let dead = store.dead_letters(None).await.unwrap();
+    assert_eq!(dead.len(), 2);
+    let flaky = dead.iter().find(|d| d.inbox == "dispatch::iso_flaky").expect("flaky is dead");
+    assert_eq!((flaky.event_id, flaky.attempts, flaky.last_error.as_str()), (e.id, 3, "smtp server said no"));
+    let panics = dead.iter().find(|d| d.inbox == "dispatch::iso_panics").expect("panics is dead");
+    assert_eq!(panics.attempts, 5);
+    assert_eq!(panics.last_error, "handler panicked: boom on attempt 5");
+
+    let status = d.status().await.unwrap();
+    let flaky_status = status.iter().find(|s| s.name == "dispatch::iso_flaky").unwrap();
+    assert_eq!((flaky_status.pending, flaky_status.retrying, flaky_status.dead), (Some(0), 0, 1));
+
+    // Fixed by hand, retried by hand: delivered once more, and no longer dead.
+    execute(&store, "INSERT INTO switches (name) VALUES ('iso_fixed')").await.unwrap();
+    store.retry_dead(flaky.id).await.unwrap();
+    let again = d.drain().await.unwrap();
+    assert_eq!((again.delivered, again.failed), (1, 0));
+    assert_eq!(store.dead_letters(Some("dispatch::iso_flaky")).await.unwrap(), []);
+    assert!(matches!(store.retry_dead(flaky.id).await, Err(herald::Error::NoSuchDelivery(_))));
+
+    // give_up dead-letters at once, whatever attempts are left.
+    let mut tx = store.begin().await.unwrap();
+    let fatal =
+        tx.record(Subject::new("iso", 2), "happened", Actor::system()).metadata(json!({"fatal": true})).await.unwrap();
+    tx.commit().await.unwrap();
+    d.drain().await.unwrap();
+    let dead = store.dead_letters(Some("dispatch::iso_panics")).await.unwrap();
+    let fatal_dead = dead.iter().find(|d| d.event_id == fatal.id).expect("dead at once");
+    assert_eq!((fatal_dead.attempts, fatal_dead.last_error.as_str()), (1, "malformed payload"));
+});
+
+// ---- backoff ------------------------------------------------------------------
+
+#[inbox(subject = "backoff", max_attempts = 4, backoff = "60ms", backoff_max = "1s")]
+async fn backoff_always_fails(event: &Event, cx: &Context) -> Result<(), InboxError> {
+    note(cx.store(), "backoff_always_fails", event, cx.attempt()).await?;
+    Err(InboxError::retry("still down"))
+}
+
+backend_test!(retries_follow_exponential_backoff, |store| async move {
+    create_handled(&store).await;
+    let d = Dispatcher::builder(store.clone())
+        .registry(only("backoff_"))
+        .poll_interval(Duration::from_millis(5))
+        .build()
+        .unwrap();
+    d.drain().await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    tx.record(Subject::new("backoff", 1), "tick", Actor::system()).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(d.clone().run(async move {
+        let _ = stopped.await;
+    }));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while handled(&store).await.len() < 4 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await; // a 5th attempt would come by now
+    let _ = stop.send(());
+    run.await.unwrap().unwrap();
+
+    let runs = handled(&store).await;
+    let attempts: Vec<i32> = runs.iter().map(|r| r.2).collect();
+    assert_eq!(attempts, [1, 2, 3, 4], "exactly max_attempts attempts, counted on failure");
+    // Attempt n+1 waits at least half of 60ms * 2^(n-1) (full jitter above that).
+    for (n, pair) in runs.windows(2).enumerate() {
+        let gap = Duration::from_micros((pair[1].3 - pair[0].3) as u64);
+        let floor = Duration::from_millis(30 << n);
+        assert!(gap >= floor, "gap before attempt {} was {gap:?}, expected at least {floor:?}", n + 2);
+    }
+    let dead = store.dead_letters(None).await.unwrap();
+    assert_eq!((dead.len(), dead[0].attempts), (1, 4));
+});
+
+// ---- causation, start position, shutdown ---------------------------------------
+
+#[inbox(subject = "cause", actions = ["opened"])]
+async fn cause_auto_assign(event: &Event, cx: &Context) -> Result<(), InboxError> {
+    cx.record(&event.subject, "assigned", Actor::system(), json!({ "to": "triage" })).await?;
+    Ok(())
+}
+
+backend_test!(follow_up_events_carry_causation, |store| async move {
+    let d = dispatcher(&store, "cause_").await;
+    d.drain().await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    let root = tx.record(Subject::new("cause", 1), "opened", Actor::new("user", 1)).await.unwrap();
+    tx.commit().await.unwrap();
+    d.drain().await.unwrap();
+
+    let trail = store.feed().subject(&Subject::new("cause", 1)).fetch().await.unwrap().events;
+    let assigned = trail.iter().find(|e| e.action == "assigned").expect("the inbox recorded a follow-up");
+    assert_eq!((assigned.causation_id, assigned.correlation_id), (Some(root.id), root.id));
+});
+
+#[inbox(subject = "replay", start_from = "beginning")]
+async fn replay_projection(event: &Event, cx: &Context) -> Result<(), InboxError> {
+    Ok(note(cx.store(), "replay_projection", event, cx.attempt()).await?)
+}
+
+#[inbox(subject = "replay")]
+async fn replay_mailer(event: &Event, cx: &Context) -> Result<(), InboxError> {
+    Ok(note(cx.store(), "replay_mailer", event, cx.attempt()).await?)
+}
+
+backend_test!(new_inboxes_start_from_now_or_the_beginning, |store| async move {
+    create_handled(&store).await;
+    let mut tx = store.begin().await.unwrap();
+    tx.record_all((0..5).map(|n| NewEvent::new(Subject::new("replay", n), "happened", Actor::system()))).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let d = dispatcher(&store, "replay_").await;
+    d.drain().await.unwrap();
+    let runs = handled(&store).await;
+    assert_eq!(runs.iter().filter(|r| r.0 == "replay_projection").count(), 5, "history replayed");
+    assert_eq!(runs.iter().filter(|r| r.0 == "replay_mailer").count(), 0, "history not mailed");
+
+    let mut tx = store.begin().await.unwrap();
+    tx.record(Subject::new("replay", 9), "happened", Actor::system()).await.unwrap();
+    tx.commit().await.unwrap();
+    d.drain().await.unwrap();
+    let runs = handled(&store).await;
+    assert_eq!((runs.iter().filter(|r| r.0 == "replay_mailer").count(), runs.len()), (1, 7));
+});
+
+#[inbox(subject = "slow")]
+async fn slow_handler(event: &Event, cx: &Context) -> Result<(), InboxError> {
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    Ok(note(cx.store(), "slow_handler", event, cx.attempt()).await?)
+}
+
+backend_test!(shutdown_finishes_in_flight_deliveries, |store| async move {
+    create_handled(&store).await;
+    let d = dispatcher(&store, "slow_").await;
+    d.drain().await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(d.clone().run(async move {
+        let _ = stopped.await;
+    }));
+    let mut tx = store.begin().await.unwrap();
+    tx.record(Subject::new("slow", 1), "happened", Actor::system()).await.unwrap();
+    tx.commit().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await; // the handler is running now
+    let asked = Instant::now();
+    let _ = stop.send(());
+    run.await.unwrap().unwrap();
+    assert!(asked.elapsed() >= Duration::from_millis(200), "run waited for the in-flight handler");
+    assert_eq!(handled(&store).await.len(), 1, "the in-flight delivery completed");
+    assert_eq!(d.drain().await.unwrap().delivered, 0, "and was acknowledged: nothing is re-delivered");
+});
+
+// ---- wake-ups ---------------------------------------------------------------------
+
+#[inbox(subject = "wake")]
+async fn wake_listener(event: &Event, cx: &Context) -> Result<(), InboxError> {
+    Ok(note(cx.store(), "wake_listener", event, cx.attempt()).await?)
+}
+
+/// Records one event through `writer` and waits (up to 5 s) for the inbox to see it.
+async fn time_to_delivery(writer: &Store, reader: &Store, n: usize) -> Duration {
+    let start = Instant::now();
+    let mut tx = writer.begin().await.unwrap();
+    tx.record(Subject::new("wake", n), "happened", Actor::system()).await.unwrap();
+    tx.commit().await.unwrap();
+    while handled(reader).await.len() < n && start.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(handled(reader).await.len(), n, "delivered");
+    start.elapsed()
+}
+
+backend_test!(commits_wake_the_dispatcher_without_polling, |store| async move {
+    create_handled(&store).await;
+    let d = Dispatcher::builder(store.clone())
+        .registry(only("wake_"))
+        .poll_interval(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    d.drain().await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(d.run(async move {
+        let _ = stopped.await;
+    }));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for n in 1..=3 {
+        let took = time_to_delivery(&store, &store, n).await;
+        assert!(took < Duration::from_secs(2), "delivery {n} took {took:?} with a 60 s poll interval");
+    }
+    let _ = stop.send(());
+    run.await.unwrap().unwrap();
+});
+
+/// A second store on the same schema: its commits reach the dispatcher only through
+/// PostgreSQL NOTIFY, never through the in-process wake-up.
+async fn second_store(db: &common::TestDb) -> Store {
+    let pool = db.store.postgres_pool().unwrap();
+    let schema: String = sqlx::query_scalar("SELECT current_schema()").fetch_one(pool).await.unwrap();
+    let opts = pool.connect_options().as_ref().clone().options([("search_path", schema.as_str())]);
+    Store::from_postgres(sqlx::PgPool::connect_with(opts).await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn notify_wakes_other_processes_and_survives_a_dropped_listener_postgres() {
+    let Some(db) = common::TestDb::postgres().await else { return };
+    let store = db.store.clone();
+    create_handled(&store).await;
+    let writer = second_store(&db).await;
+    let d = Dispatcher::builder(store.clone())
+        .registry(only("wake_"))
+        .poll_interval(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    d.drain().await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(d.run(async move {
+        let _ = stopped.await;
+    }));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let took = time_to_delivery(&writer, &store, 1).await;
+    assert!(took < Duration::from_secs(2), "NOTIFY delivery took {took:?}");
+
+    // Kill the dispatcher's LISTEN connection, as a server restart would.
+    let schema: String =
+        sqlx::query_scalar("SELECT current_schema()").fetch_one(store.postgres_pool().unwrap()).await.unwrap();
+    let listen = format!("LISTEN \"herald_{schema}\"");
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(&listen)
+    .fetch_all(store.postgres_pool().unwrap())
+    .await
+    .unwrap();
+    assert_eq!(killed, [true], "exactly our listener was terminated");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    for n in 2..=3 {
+        let took = time_to_delivery(&writer, &store, n).await;
+        assert!(took < Duration::from_secs(2), "delivery {n} after the drop took {took:?}");
+    }
+    let _ = stop.send(());
+    run.await.unwrap().unwrap();
+}
+
+// ---- commit order (PostgreSQL) ------------------------------------------------------
+
+#[inbox(subject = "order")]
+async fn order_a(event: &Event, cx: &Context) -> Result<(), InboxError> {
+    Ok(note(cx.store(), "order_a", event, cx.attempt()).await?)
+}
+
+#[inbox(subject = "order")]
+async fn order_b(event: &Event, cx: &Context) -> Result<(), InboxError> {
+    Ok(note(cx.store(), "order_b", event, cx.attempt()).await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn events_committed_out_of_id_order_are_all_delivered_postgres() {
+    let Some(db) = common::TestDb::postgres().await else { return };
+    let store = db.store.clone();
+    create_handled(&store).await;
+    let d = dispatcher(&store, "order_").await;
+    d.drain().await.unwrap();
+
+    // A takes the lower id but commits last.
+    let mut a = store.begin().await.unwrap();
+    let early = a.record(Subject::new("order", 1), "happened", Actor::system()).await.unwrap();
+    let mut b = store.begin().await.unwrap();
+    let late = b.record(Subject::new("order", 2), "happened", Actor::system()).await.unwrap();
+    assert!(early.id < late.id);
+    b.commit().await.unwrap();
+
+    // B is committed, but A (older) is still running: B must wait, not be skipped past A.
+    let d2 = d.clone();
+    let commit_a = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        a.commit().await.unwrap();
+    });
+    let first = d2.drain().await.unwrap();
+    commit_a.await.unwrap();
+    let second = d.drain().await.unwrap();
+    assert_eq!(first.delivered + second.delivered, 4);
+
+    let mut got: Vec<_> = handled(&store).await.into_iter().map(|(inbox, id, ..)| (inbox, id)).collect();
+    got.sort();
+    let (e, l) = (early.id.0, late.id.0);
+    assert_eq!(got, [("order_a".into(), e), ("order_a".into(), l), ("order_b".into(), e), ("order_b".into(), l)]);
+}
+
+// ---- unregistered names ---------------------------------------------------------------
+
+backend_test!(deliveries_of_unregistered_inboxes_are_reported_not_dropped, |store| async move {
+    create_handled(&store).await;
+    execute(&store, "CREATE TABLE switches (name TEXT PRIMARY KEY)").await.unwrap();
+    let old = dispatcher(&store, "iso_flaky").await;
+    old.drain().await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    tx.record(Subject::new("iso", 1), "happened", Actor::system()).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(old.drain().await.unwrap().failed, 1); // now retrying
+
+    // A later deploy without that inbox (renamed, removed).
+    let new = dispatcher(&store, "iso_steady").await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    new.drain().await.unwrap();
+    let status = new.status().await.unwrap();
+    let orphan = status.iter().find(|s| s.name == "dispatch::iso_flaky").expect("reported");
+    assert_eq!((orphan.registered, orphan.pending, orphan.retrying), (false, None, 1));
+    // The old deployment still finds it, untouched, and delivers it.
+    execute(&store, "INSERT INTO switches (name) VALUES ('iso_fixed')").await.unwrap();
+    drain_until_settled(&old, 3).await;
+    let flaky_runs = handled(&store).await.iter().filter(|r| r.0 == "iso_flaky").count();
+    assert_eq!(flaky_runs, 2, "failed once, then delivered by the deployment that has it");
+    let status = old.status().await.unwrap();
+    assert_eq!(status.iter().find(|s| s.name == "dispatch::iso_flaky").unwrap().retrying, 0);
+});

@@ -1,0 +1,182 @@
+//! `#[inbox]` as a user writes it: the registry lists exactly what the macro
+//! registered, routes hand-built events to exactly the matching inboxes, refuses two
+//! inboxes with one name, and the functions stay callable as written.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use herald::inbox::{HandlerFuture, InboxDef, StartFrom};
+use herald::prelude::*;
+use herald::{Error, Registry, Resources};
+use serde_json::{Value, json};
+
+/// Counts deliveries: a resource the handlers reach through `cx`.
+#[derive(Debug, Default)]
+struct Delivered(AtomicUsize);
+
+const EMAILS_LINE: u32 = line!() + 2; // the line of `async fn emails`
+#[inbox(subject = "issue", actions = ["assigned", "commented"], max_attempts = 5, backoff = "500ms", backoff_max = "10m")]
+async fn emails(event: &Event, cx: &Context) -> Result<(), InboxError> {
+    cx.resource::<Delivered>()?.0.fetch_add(1, Ordering::SeqCst);
+    if event.action == "assigned" && event.meta("assignee").is_none() {
+        return Err(InboxError::give_up("assigned to nobody"));
+    }
+    Ok(())
+}
+
+/// Every event, all defaults.
+#[inbox]
+async fn audit_log(_event: &Event, _cx: &Context) -> Result<(), InboxError> {
+    Ok(())
+}
+
+#[inbox(subject = "pull_request", actions = ["merged"], filter = not_by_bots)]
+async fn webhooks(_event: &Event, _cx: &Context) -> Result<(), InboxError> {
+    Ok(())
+}
+
+fn not_by_bots(event: &Event) -> bool {
+    event.actor.kind != "bot"
+}
+
+mod projections {
+    use herald::{Context, Event, InboxError, inbox};
+
+    /// An explicit name survives renames and moves; it replays history.
+    #[inbox(name = "issue_titles", subject = "issue", filter = self::has_title, start_from = "beginning")]
+    pub(crate) async fn titles(_event: &Event, _cx: &Context) -> Result<(), InboxError> {
+        Ok(())
+    }
+
+    pub(crate) fn has_title(event: &Event) -> bool {
+        event.meta("title").is_some()
+    }
+}
+
+/// An event as the store would hand it over.
+fn event(subject: &str, action: &str, actor: &str, metadata: Value) -> Event {
+    serde_json::from_value(json!({
+        "id": 7,
+        "subject": { "kind": subject, "id": "42" },
+        "actor": { "kind": actor, "id": "alice" },
+        "action": action,
+        "metadata": metadata,
+        "created_at": "2026-01-02T03:04:05Z",
+        "causation_id": null,
+        "correlation_id": 7,
+    }))
+    .unwrap()
+}
+
+#[test]
+fn the_registry_lists_what_the_macro_registered() {
+    let registry = Registry::collect().unwrap();
+    let names: Vec<_> = registry.iter().map(|i| i.name).collect();
+    assert_eq!(names, ["inbox_macro::audit_log", "inbox_macro::emails", "inbox_macro::webhooks", "issue_titles"]);
+
+    let emails = registry.get("inbox_macro::emails").unwrap();
+    assert_eq!(emails.subject, Some("issue"));
+    assert_eq!(emails.actions, ["assigned", "commented"]);
+    assert!(emails.filter.is_none());
+    assert_eq!(emails.max_attempts, 5);
+    assert_eq!(emails.backoff, Duration::from_millis(500));
+    assert_eq!(emails.backoff_max, Duration::from_secs(600));
+    assert_eq!(emails.start_from, StartFrom::Now);
+    assert_eq!((emails.file, emails.line), ("tests/inbox_macro.rs", EMAILS_LINE));
+    assert_eq!(emails.location(), format!("tests/inbox_macro.rs:{EMAILS_LINE}"));
+
+    let audit = registry.get("inbox_macro::audit_log").unwrap();
+    assert_eq!((audit.subject, audit.actions, audit.filter.is_none()), (None, &[][..], true));
+    assert_eq!(audit.max_attempts, InboxDef::DEFAULT_MAX_ATTEMPTS);
+    assert_eq!(audit.backoff, InboxDef::DEFAULT_BACKOFF);
+    assert_eq!(audit.backoff_max, InboxDef::DEFAULT_BACKOFF_MAX);
+    assert_eq!(audit.start_from, StartFrom::Now);
+
+    // The explicit name wins over `inbox_macro::projections::titles`.
+    assert!(registry.get("inbox_macro::projections::titles").is_none());
+    let titles = registry.get("issue_titles").unwrap();
+    assert_eq!((titles.subject, titles.start_from), (Some("issue"), StartFrom::Beginning));
+    assert!(titles.filter.is_some());
+}
+
+#[test]
+fn an_event_routes_to_exactly_the_matching_inboxes() {
+    let registry = Registry::collect().unwrap();
+    let routes = |subject, action, actor, metadata| registry.routes(&event(subject, action, actor, metadata));
+
+    assert_eq!(
+        routes("issue", "assigned", "user", json!({ "title": "Crash", "assignee": "bob" })),
+        ["inbox_macro::audit_log", "inbox_macro::emails", "issue_titles"]
+    );
+    // The filter fn excludes events without a title.
+    assert_eq!(routes("issue", "commented", "user", json!({})), ["inbox_macro::audit_log", "inbox_macro::emails"]);
+    // Not in `actions`.
+    assert_eq!(
+        routes("issue", "closed", "user", json!({ "title": "Crash" })),
+        ["inbox_macro::audit_log", "issue_titles"]
+    );
+    // Another subject with the same action name.
+    assert_eq!(routes("pull_request", "assigned", "user", json!({})), ["inbox_macro::audit_log"]);
+    assert_eq!(
+        routes("pull_request", "merged", "user", json!({})),
+        ["inbox_macro::audit_log", "inbox_macro::webhooks"]
+    );
+    // The filter fn excludes bots.
+    assert_eq!(routes("pull_request", "merged", "bot", json!({})), ["inbox_macro::audit_log"]);
+}
+
+#[tokio::test]
+async fn the_function_stays_callable_directly_and_through_the_registry() {
+    let store = Store::connect("sqlite::memory:").await.unwrap();
+    let mut resources = Resources::default();
+    resources.insert(Delivered::default());
+    let resources = Arc::new(resources);
+    let assigned = event("issue", "assigned", "user", json!({ "assignee": "bob" }));
+    let cx = Context::new(store.clone(), resources.clone(), "inbox_macro::emails", assigned.clone(), 1);
+
+    // As written, e.g. in a unit test of the inbox.
+    emails(&assigned, &cx).await.unwrap();
+    // As the dispatcher calls it.
+    let registered = Registry::collect().unwrap().get("inbox_macro::emails").unwrap();
+    (registered.handler)(&assigned, &cx).await.unwrap();
+    assert_eq!(resources.get::<Delivered>().unwrap().0.load(Ordering::SeqCst), 2);
+
+    let unassigned = event("issue", "assigned", "user", json!({}));
+    let error = (registered.handler)(&unassigned, &cx).await.unwrap_err();
+    assert_eq!(error.message(), "assigned to nobody");
+
+    // Without the resource, the inbox reports it rather than panicking.
+    let bare = Context::new(store, Arc::new(Resources::default()), "inbox_macro::emails", assigned.clone(), 1);
+    let error = emails(&assigned, &bare).await.unwrap_err();
+    assert!(error.message().contains("Delivered"), "{error}");
+}
+
+fn noop<'a>(_: &'a Event, _: &'a Context) -> HandlerFuture<'a> {
+    Box::pin(async { Ok(()) })
+}
+
+/// Another inbox claiming the name the macro gave `emails`.
+static ELSEWHERE: InboxDef = InboxDef {
+    name: "inbox_macro::emails",
+    subject: None,
+    actions: &[],
+    filter: None,
+    max_attempts: 1,
+    backoff: Duration::ZERO,
+    backoff_max: Duration::ZERO,
+    start_from: StartFrom::Now,
+    handler: noop,
+    file: "src/notifications.rs",
+    line: 12,
+};
+
+#[test]
+fn two_inboxes_with_one_name_are_an_error_naming_both_locations() {
+    let registered = Registry::collect().unwrap();
+    let error = Registry::from_defs(registered.iter().chain([&ELSEWHERE])).unwrap_err();
+    assert!(matches!(&error, Error::DuplicateInbox { name, .. } if name == "inbox_macro::emails"), "{error:?}");
+    let message = error.to_string();
+    assert!(message.contains(&format!("tests/inbox_macro.rs:{EMAILS_LINE}")), "{message}");
+    assert!(message.contains("src/notifications.rs:12"), "{message}");
+}
