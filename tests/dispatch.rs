@@ -429,28 +429,44 @@ async fn events_committed_out_of_id_order_are_all_delivered_postgres() {
 
 // ---- unregistered names ---------------------------------------------------------------
 
+#[inbox(subject = "orphan", backoff = "1s")]
+async fn orphan_flaky(event: &Event, cx: &Context) -> Result<(), InboxError> {
+    note(cx.store(), "orphan_flaky", event, cx.attempt()).await?;
+    match switch_on(cx.store(), "orphan_fixed").await {
+        true => Ok(()),
+        false => Err(InboxError::retry("not yet")),
+    }
+}
+
+#[inbox(subject = "orphan")]
+async fn orphan_steady(event: &Event, cx: &Context) -> Result<(), InboxError> {
+    Ok(note(cx.store(), "orphan_steady", event, cx.attempt()).await?)
+}
+
 backend_test!(deliveries_of_unregistered_inboxes_are_reported_not_dropped, |store| async move {
     create_handled(&store).await;
     execute(&store, "CREATE TABLE switches (name TEXT PRIMARY KEY)").await.unwrap();
-    let old = dispatcher(&store, "iso_flaky").await;
+    let old = dispatcher(&store, "orphan_flaky").await;
     old.drain().await.unwrap();
     let mut tx = store.begin().await.unwrap();
-    tx.record(Subject::new("iso", 1), "happened", Actor::system()).await.unwrap();
+    tx.record(Subject::new("orphan", 1), "happened", Actor::system()).await.unwrap();
     tx.commit().await.unwrap();
-    assert_eq!(old.drain().await.unwrap().failed, 1); // now retrying
+    assert_eq!(old.drain().await.unwrap().failed, 1); // now retrying, in 0.5 to 1 s
 
     // A later deploy without that inbox (renamed, removed).
-    let new = dispatcher(&store, "iso_steady").await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let new = dispatcher(&store, "orphan_steady").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await; // the retry is due now
     new.drain().await.unwrap();
     let status = new.status().await.unwrap();
-    let orphan = status.iter().find(|s| s.name == "dispatch::iso_flaky").expect("reported");
+    let orphan = status.iter().find(|s| s.name == "dispatch::orphan_flaky").expect("reported");
     assert_eq!((orphan.registered, orphan.pending, orphan.retrying), (false, None, 1));
-    // The old deployment still finds it, untouched, and delivers it.
-    execute(&store, "INSERT INTO switches (name) VALUES ('iso_fixed')").await.unwrap();
-    drain_until_settled(&old, 3).await;
-    let flaky_runs = handled(&store).await.iter().filter(|r| r.0 == "iso_flaky").count();
+    assert_eq!(handled(&store).await.len(), 1, "the new deployment did not touch it");
+
+    // The old deployment still finds it, and delivers it.
+    execute(&store, "INSERT INTO switches (name) VALUES ('orphan_fixed')").await.unwrap();
+    old.drain().await.unwrap();
+    let flaky_runs = handled(&store).await.iter().filter(|r| r.0 == "orphan_flaky").count();
     assert_eq!(flaky_runs, 2, "failed once, then delivered by the deployment that has it");
     let status = old.status().await.unwrap();
-    assert_eq!(status.iter().find(|s| s.name == "dispatch::iso_flaky").unwrap().retrying, 0);
+    assert_eq!(status.iter().find(|s| s.name == "dispatch::orphan_flaky").unwrap().retrying, 0);
 });

@@ -42,6 +42,14 @@ impl TestDb {
         TestDb { store, cleanup: Cleanup::File(path) }
     }
 
+    /// The PostgreSQL schema of this database, if it is one.
+    pub fn schema(&self) -> Option<&str> {
+        match &self.cleanup {
+            Cleanup::Schema(s) => Some(s),
+            Cleanup::File(_) => None,
+        }
+    }
+
     /// `None` when PostgreSQL is unreachable outside CI.
     pub async fn postgres() -> Option<TestDb> {
         let url = database_url();

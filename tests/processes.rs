@@ -1,0 +1,205 @@
+//! Crashes and competition between dispatcher processes on one PostgreSQL: workers
+//! are real processes (`examples/dispatch_worker.rs`), killed with SIGKILL.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use herald::NewEvent;
+use herald::prelude::*;
+use serde_json::json;
+
+use common::{TestDb, execute};
+
+fn worker_binary() -> PathBuf {
+    let dir = std::env::current_exe()
+        .expect("test path")
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .to_path_buf();
+    let bin = dir.join("examples").join("dispatch_worker");
+    if !bin.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--example", "dispatch_worker"])
+            .status()
+            .expect("cargo build --example dispatch_worker");
+        assert!(status.success());
+    }
+    bin
+}
+
+struct Worker(Child);
+
+impl Worker {
+    fn start(db: &TestDb, id: &str, lease_ms: u64) -> Worker {
+        let child = Command::new(worker_binary())
+            .args([&common::database_url(), db.schema().expect("a schema"), id, &lease_ms.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start dispatch_worker");
+        Worker(child)
+    }
+
+    fn kill(mut self) {
+        self.0.kill().expect("SIGKILL"); // Child::kill sends SIGKILL on Unix
+        self.0.wait().expect("reap");
+    }
+
+    /// Closes standard input: the worker finishes in-flight deliveries and exits.
+    fn stop(mut self) {
+        drop(self.0.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.0.try_wait() {
+                assert!(status.success(), "worker exited with {status}");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("worker did not stop");
+    }
+
+    fn exited(&mut self) -> bool {
+        matches!(self.0.try_wait(), Ok(Some(_)))
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn scalar(store: &Store, sql: &'static str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(store.postgres_pool().unwrap()).await.expect(sql)
+}
+
+async fn wait_for(store: &Store, sql: &'static str, want: i64, within: Duration) -> i64 {
+    let deadline = Instant::now() + within;
+    loop {
+        let got = scalar(store, sql).await;
+        if got >= want || Instant::now() > deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn setup() -> Option<TestDb> {
+    let db = TestDb::postgres().await?;
+    execute(
+        &db.store,
+        "CREATE TABLE runs (inbox TEXT, phase TEXT, event_id BIGINT, at TIMESTAMPTZ DEFAULT clock_timestamp())",
+    )
+    .await
+    .unwrap();
+    execute(&db.store, "CREATE TABLE seen (inbox TEXT, event_id BIGINT, runs INT, PRIMARY KEY (inbox, event_id))")
+        .await
+        .unwrap();
+    // Register the inboxes (from now) before any event is recorded.
+    Worker::start(&db, "registrar", 30_000).stop();
+    Some(db)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_delivery_loses_nothing_postgres() {
+    let Some(db) = setup().await else { return };
+    let store = db.store.clone();
+    let first = Worker::start(&db, "first", 1000);
+    let mut tx = store.begin().await.unwrap();
+    tx.record(Subject::new("crash", 1), "happened", Actor::system()).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let started = wait_for(&store, "SELECT COUNT(*) FROM runs WHERE phase = 'start'", 1, Duration::from_secs(10)).await;
+    assert_eq!(started, 1, "the first worker started the delivery");
+    first.kill(); // mid-delivery: it sleeps 1.5 s between start and done
+    assert_eq!(scalar(&store, "SELECT COUNT(*) FROM runs WHERE phase = 'done'").await, 0);
+
+    let second = Worker::start(&db, "second", 1000);
+    let done = wait_for(&store, "SELECT COUNT(*) FROM runs WHERE phase = 'done'", 1, Duration::from_secs(15)).await;
+    second.stop();
+    assert_eq!(done, 1, "the second worker took the delivery over after the lease expired");
+    assert_eq!(
+        scalar(&store, "SELECT COUNT(*) FROM runs WHERE phase = 'start'").await,
+        2,
+        "delivered at least once: twice"
+    );
+    assert_eq!(
+        scalar(&store, "SELECT COUNT(*) FROM herald_deliveries").await,
+        0,
+        "the killed attempt did not count as a failure"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_that_keeps_killing_workers_is_dead_lettered_postgres() {
+    let Some(db) = setup().await else { return };
+    let store = db.store.clone();
+    let mut tx = store.begin().await.unwrap();
+    let bad = tx
+        .record(Subject::new("poison", 1), "happened", Actor::system())
+        .metadata(json!({"poison": true}))
+        .await
+        .unwrap();
+    let good = tx.record(Subject::new("poison", 2), "happened", Actor::system()).await.unwrap();
+    tx.commit().await.unwrap();
+
+    // Restart a worker whenever one dies, until the poison event is set aside.
+    const SETTLED: &str = "SELECT COUNT(*) FROM herald_deliveries WHERE dead";
+    let mut spawned = 0;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while scalar(&store, SETTLED).await == 0 && Instant::now() < deadline {
+        let mut w = Worker::start(&db, &format!("w{spawned}"), 400);
+        spawned += 1;
+        while !w.exited() && Instant::now() < deadline && scalar(&store, SETTLED).await == 0 {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        if !w.exited() {
+            // Let it deliver what follows the poison event, then stop it.
+            wait_for(&store, "SELECT COUNT(*) FROM runs WHERE phase = 'done'", 1, Duration::from_secs(10)).await;
+            w.stop();
+        }
+    }
+    let fatal = scalar(&store, "SELECT COUNT(*) FROM runs WHERE phase = 'fatal'").await;
+    assert_eq!(fatal, 3, "three workers died on it (max_lease_expiries = 3), then it was set aside");
+    let dead = store.dead_letters(None).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!((dead[0].event_id, dead[0].attempts), (bad.id, 0));
+    assert!(dead[0].last_error.contains("stopped 3 times"), "{}", dead[0].last_error);
+    let done: Vec<i64> = sqlx::query_scalar("SELECT DISTINCT event_id FROM runs WHERE phase = 'done'")
+        .fetch_all(store.postgres_pool().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(done, [good.id.0], "the event behind it was delivered (at least once)");
+    assert_eq!(spawned, 4, "three workers died, the fourth set the event aside and carried on");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_share_ten_thousand_events_without_reruns_postgres() {
+    let Some(db) = setup().await else { return };
+    let store = db.store.clone();
+    let workers: Vec<_> = (0..3).map(|n| Worker::start(&db, &format!("c{n}"), 30_000)).collect();
+    for chunk in 0..10 {
+        let mut tx = store.begin().await.unwrap();
+        let events =
+            (0..1000).map(|n| NewEvent::new(Subject::new("compete", chunk * 1000 + n), "happened", Actor::system()));
+        tx.record_all(events).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    let handled = wait_for(&store, "SELECT COUNT(*) FROM seen", 20_000, Duration::from_secs(120)).await;
+    for w in workers {
+        w.stop();
+    }
+    assert_eq!(handled, 20_000, "every (event, inbox) was handled");
+    assert_eq!(scalar(&store, "SELECT COALESCE(SUM(runs), 0) FROM seen").await, 20_000, "no delivery ran twice");
+    assert_eq!(scalar(&store, "SELECT COUNT(*) FROM herald_deliveries").await, 0);
+    let busy =
+        scalar(&store, "SELECT COUNT(DISTINCT lease_owner) FROM herald_inboxes WHERE lease_owner IS NOT NULL").await;
+    assert_eq!(busy, 0, "leases were released on shutdown");
+}
