@@ -470,3 +470,127 @@ backend_test!(deliveries_of_unregistered_inboxes_are_reported_not_dropped, |stor
     let status = old.status().await.unwrap();
     assert_eq!(status.iter().find(|s| s.name == "dispatch::orphan_flaky").unwrap().retrying, 0);
 });
+
+// ---- resources, bulk retry, pruning ------------------------------------------------------
+
+/// A resource the dispatcher hands to inboxes.
+struct Greeting(&'static str);
+
+#[inbox(subject = "res", actions = ["arrived"], max_attempts = 1)]
+async fn res_greeter(event: &Event, cx: &Context) -> Result<(), InboxError> {
+    let greeting = cx.resource::<Greeting>()?;
+    let who = cx.resource::<String>()?; // not given: gives up at once
+    cx.record(&event.subject, "greeted", Actor::system(), json!({ "text": format!("{} {who}", greeting.0) })).await?;
+    Ok(())
+}
+
+backend_test!(inboxes_get_resources_and_a_missing_one_is_a_dead_letter, |store| async move {
+    let d = Dispatcher::builder(store.clone()).registry(only("res_")).resource(Greeting("hello")).build().unwrap();
+    d.drain().await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    tx.record(Subject::new("res", 1), "arrived", Actor::system()).await.unwrap();
+    tx.commit().await.unwrap();
+    d.drain().await.unwrap();
+    let dead = store.dead_letters(None).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].last_error, "no resource of type alloc::string::String was given to the dispatcher");
+
+    // The same inbox with both resources, after a bulk retry of everything dead.
+    let d = Dispatcher::builder(store.clone())
+        .registry(only("res_"))
+        .resource(Greeting("hello"))
+        .resource("world".to_owned())
+        .build()
+        .unwrap();
+    assert_eq!(store.retry_all_dead(Some("dispatch::res_greeter")).await.unwrap(), 1);
+    assert_eq!(d.drain().await.unwrap().delivered, 1);
+    let trail = store.feed().subject(&Subject::new("res", 1)).actions(["greeted"]).fetch().await.unwrap().events;
+    assert_eq!(trail[0].meta("text"), Some(&json!("hello world")));
+    assert!(store.dead_letters(None).await.unwrap().is_empty());
+});
+
+#[inbox(subject = "prune", max_attempts = 1)]
+async fn prune_broken(_event: &Event, _cx: &Context) -> Result<(), InboxError> {
+    Err(InboxError::retry("always"))
+}
+
+backend_test!(dead_letters_are_pruned_by_age_events_are_kept, |store| async move {
+    let d = dispatcher(&store, "prune_").await;
+    d.drain().await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    tx.record_all((0..3).map(|n| NewEvent::new(Subject::new("prune", n), "x", Actor::system()))).await.unwrap();
+    tx.commit().await.unwrap();
+    d.drain().await.unwrap();
+    assert_eq!(store.dead_letters(None).await.unwrap().len(), 3);
+    assert_eq!(store.prune_dead(chrono::Utc::now() - chrono::Duration::hours(1)).await.unwrap(), 0, "recent ones stay");
+    assert_eq!(store.prune_dead(chrono::Utc::now() + chrono::Duration::seconds(1)).await.unwrap(), 3);
+    assert!(store.dead_letters(None).await.unwrap().is_empty());
+    assert_eq!(common::count_events(&store).await, 3, "events themselves are kept");
+});
+
+// ---- leases ---------------------------------------------------------------------------------
+
+#[inbox(subject = "lease")]
+async fn lease_long_handler(event: &Event, cx: &Context) -> Result<(), InboxError> {
+    note(cx.store(), "lease_long_handler", event, cx.attempt()).await?;
+    tokio::time::sleep(Duration::from_millis(1200)).await; // four times the lease
+    Ok(())
+}
+
+backend_test!(a_renewed_lease_keeps_a_long_delivery_to_one_worker, |store| async move {
+    create_handled(&store).await;
+    let worker = |id: &str| {
+        Dispatcher::builder(store.clone())
+            .registry(only("lease_"))
+            .worker_id(id)
+            .lease(Duration::from_millis(300))
+            .poll_interval(Duration::from_millis(20))
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (worker("a"), worker("b"));
+    a.drain().await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    tx.record(Subject::new("lease", 1), "happened", Actor::system()).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let runs: Vec<_> = [a, b]
+        .into_iter()
+        .map(|d| {
+            let mut stopped = stopped.clone();
+            tokio::spawn(d.run(async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            }))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let _ = stop.send(true);
+    for r in runs {
+        r.await.unwrap().unwrap();
+    }
+    assert_eq!(handled(&store).await.len(), 1, "the other worker never took the delivery while its lease was renewed");
+});
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn start_from_now_skips_history_held_behind_an_older_transaction_postgres() {
+    let Some(db) = common::TestDb::postgres().await else { return };
+    let store = db.store.clone();
+    create_handled(&store).await;
+    // An older transaction is still running: it holds the horizon below the history.
+    let mut older = store.begin().await.unwrap();
+    let in_flight = older.record(Subject::new("replay", 100), "happened", Actor::system()).await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    tx.record_all((0..5).map(|n| NewEvent::new(Subject::new("replay", n), "happened", Actor::system()))).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let d = dispatcher(&store, "replay_mailer").await;
+    let d2 = d.clone();
+    let first = tokio::spawn(async move { d2.drain().await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    older.commit().await.unwrap(); // committed after the inbox was first seen: not history
+    first.await.unwrap().unwrap();
+    d.drain().await.unwrap();
+    let runs: Vec<_> = handled(&store).await.into_iter().map(|(inbox, id, ..)| (inbox, id)).collect();
+    assert_eq!(runs, [("replay_mailer".to_owned(), in_flight.id.0)]);
+}

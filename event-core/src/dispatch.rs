@@ -461,7 +461,7 @@ impl Dispatcher {
                         StartFrom::Beginning => Position::default(),
                         StartFrom::Now => horizon.safe,
                     };
-                    store.sync_inbox(def.name, start, now()).await?;
+                    store.sync_inbox(def.name, start, def.start_from == StartFrom::Now, now()).await?;
                 }
                 for (name, checkpoint, retrying, dead) in store.inbox_rows().await? {
                     if self.inner.registry.get(&name).is_none() && (retrying + dead > 0 || checkpoint < horizon.safe) {

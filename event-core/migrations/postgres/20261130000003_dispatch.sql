@@ -18,6 +18,10 @@ CREATE TABLE herald_inboxes (
     crash_tx      BIGINT,
     crash_id      BIGINT,
     crashes       INTEGER     NOT NULL DEFAULT 0,
+    -- For an inbox that starts "now": the snapshot when it was first seen. Events
+    -- visible in it were committed before the inbox existed and are skipped, even
+    -- those above a horizon held back by an older running transaction.
+    start_snapshot TEXT,
     created_at    TIMESTAMPTZ NOT NULL,
     updated_at    TIMESTAMPTZ NOT NULL
 );

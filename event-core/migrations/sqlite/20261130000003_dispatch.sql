@@ -12,6 +12,7 @@ CREATE TABLE herald_inboxes (
     crash_tx      INTEGER,
     crash_id      INTEGER,
     crashes       INTEGER NOT NULL DEFAULT 0,
+    start_snapshot TEXT,
     created_at    TEXT    NOT NULL,
     updated_at    TEXT    NOT NULL
 ) WITHOUT ROWID;

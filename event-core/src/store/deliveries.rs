@@ -31,8 +31,14 @@ impl Store {
         on_backend!(self, horizon())
     }
 
-    pub(crate) async fn sync_inbox(&self, name: &str, start: Position, now: DateTime<Utc>) -> Result<()> {
-        on_backend!(self, sync_inbox(name, start, now))
+    pub(crate) async fn sync_inbox(
+        &self,
+        name: &str,
+        start: Position,
+        skip_history: bool,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        on_backend!(self, sync_inbox(name, start, skip_history, now))
     }
 
     pub(crate) async fn lease_inbox(

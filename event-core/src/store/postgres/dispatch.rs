@@ -36,15 +36,24 @@ pub(crate) async fn horizon(pool: &PgPool) -> Result<Horizon> {
     })
 }
 
-pub(crate) async fn sync_inbox(pool: &PgPool, name: &str, start: Position, now: DateTime<Utc>) -> Result<()> {
+/// A new inbox that skips history remembers the current snapshot: events visible in
+/// it are history, even those above the horizon.
+pub(crate) async fn sync_inbox(
+    pool: &PgPool,
+    name: &str,
+    start: Position,
+    skip_history: bool,
+    now: DateTime<Utc>,
+) -> Result<()> {
     sqlx::query(
-        "INSERT INTO herald_inboxes (name, checkpoint_tx, checkpoint_id, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $4) ON CONFLICT (name) DO NOTHING",
+        "INSERT INTO herald_inboxes (name, checkpoint_tx, checkpoint_id, start_snapshot, created_at, updated_at) \
+         VALUES ($1, $2, $3, CASE WHEN $5 THEN pg_current_snapshot()::text END, $4, $4) ON CONFLICT (name) DO NOTHING",
     )
     .bind(name)
     .bind(start.tx)
     .bind(start.id)
     .bind(now)
+    .bind(skip_history)
     .execute(pool)
     .await?;
     Ok(())
@@ -107,6 +116,8 @@ pub(crate) async fn read_batch(
     ));
     q.push_bind(after.tx).push("::text::xid8, ").push_bind(after.id).push(") AND (tx_id, id) <= (");
     q.push_bind(upto.tx).push("::text::xid8, ").push_bind(upto.id).push(")");
+    q.push(" AND NOT pg_visible_in_snapshot(tx_id, COALESCE((SELECT start_snapshot FROM herald_inboxes WHERE name = ");
+    q.push_bind(def.name).push("), '1:1:')::pg_snapshot)");
     crate::store::push_inbox_filter(&mut q, def);
     q.push(" ORDER BY tx_id, id LIMIT ").push_bind(limit as i64);
     let rows = q.build().fetch_all(pool).await?;
@@ -339,6 +350,8 @@ pub(crate) async fn pending(pool: &PgPool, def: &InboxDef, after: Position, upto
     let mut q = QueryBuilder::<Postgres>::new("SELECT COUNT(*) FROM herald_events WHERE (tx_id, id) > (");
     q.push_bind(after.tx).push("::text::xid8, ").push_bind(after.id).push(") AND (tx_id, id) <= (");
     q.push_bind(upto.tx).push("::text::xid8, ").push_bind(upto.id).push(")");
+    q.push(" AND NOT pg_visible_in_snapshot(tx_id, COALESCE((SELECT start_snapshot FROM herald_inboxes WHERE name = ");
+    q.push_bind(def.name).push("), '1:1:')::pg_snapshot)");
     crate::store::push_inbox_filter(&mut q, def);
     Ok(q.build().fetch_one(pool).await?.try_get(0)?)
 }

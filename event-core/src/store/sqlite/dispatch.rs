@@ -19,7 +19,14 @@ pub(crate) async fn horizon(pool: &SqlitePool) -> Result<Horizon> {
     Ok(Horizon { safe: Position { tx: 0, id: max.unwrap_or(0) }, unsettled: false })
 }
 
-pub(crate) async fn sync_inbox(pool: &SqlitePool, name: &str, start: Position, now: DateTime<Utc>) -> Result<()> {
+/// Every committed event is at or below the horizon here: `start` alone skips history.
+pub(crate) async fn sync_inbox(
+    pool: &SqlitePool,
+    name: &str,
+    start: Position,
+    _skip_history: bool,
+    now: DateTime<Utc>,
+) -> Result<()> {
     sqlx::query(
         "INSERT INTO herald_inboxes (name, checkpoint_tx, checkpoint_id, created_at, updated_at) \
          VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
