@@ -442,7 +442,14 @@ impl Dispatcher {
         Ok(out)
     }
 
-    /// Registers the inboxes' checkpoints (once) and reports what was found.
+    /// Registers the inboxes in the database (once; [`run`](Self::run),
+    /// [`drain`](Self::drain) and [`status`](Self::status) do it too) and logs what was
+    /// found. An inbox that starts from now starts from this call: await it before
+    /// recording events a new inbox must see.
+    pub async fn register(&self) -> Result<()> {
+        self.start().await
+    }
+
     async fn start(&self) -> Result<()> {
         self.inner
             .started

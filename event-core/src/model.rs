@@ -78,7 +78,11 @@ impl Actor {
 }
 
 impl fmt::Display for Actor {
+    /// `user:7`, or `system` for [`Actor::system`].
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_system() && self.id == Self::SYSTEM {
+            return f.write_str(Self::SYSTEM);
+        }
         write!(f, "{}:{}", self.kind, self.id)
     }
 }

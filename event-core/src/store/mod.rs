@@ -255,16 +255,21 @@ where
 }
 
 /// Narrows an events query to what an inbox receives (subject, actions).
-pub(crate) fn push_inbox_filter<DB>(q: &mut QueryBuilder<DB>, def: &crate::inbox::InboxDef)
+///
+/// The terms are written `+subject_type` / `+action` (SQLite's way to keep a term off
+/// the index choice; `+text` is not valid in PostgreSQL, so there it is plain): a
+/// batch must walk the position order, not every event of the subject type.
+pub(crate) fn push_inbox_filter<DB>(q: &mut QueryBuilder<DB>, def: &crate::inbox::InboxDef, unary_plus: bool)
 where
     DB: sqlx::Database,
     &'static str: for<'t> Encode<'t, DB> + Type<DB>,
 {
+    let plus = if unary_plus { "+" } else { "" };
     if let Some(subject) = def.subject {
-        q.push(" AND subject_type = ").push_bind(subject);
+        q.push(format_args!(" AND {plus}subject_type = ")).push_bind(subject);
     }
     if !def.actions.is_empty() {
-        q.push(" AND action IN (");
+        q.push(format_args!(" AND {plus}action IN ("));
         let mut list = q.separated(", ");
         for a in def.actions {
             list.push_bind(*a);

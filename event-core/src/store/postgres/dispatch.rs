@@ -16,14 +16,17 @@ use crate::error::{Error, Result};
 use crate::inbox::InboxDef;
 use crate::model::{Event, EventId};
 
+/// Two index probes on `(tx_id, id)`: the snapshot's xmin is written into each
+/// `WHERE` (a stable expression the planner can use as an index bound), never
+/// materialized in a CTE, which would turn both into scans of the whole table.
 pub(crate) async fn horizon(pool: &PgPool) -> Result<Horizon> {
     let row = sqlx::query(
-        "WITH snap AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) \
-         SELECT (SELECT tx_id::text::bigint FROM herald_events, snap WHERE tx_id < snap.xmin \
-                 ORDER BY tx_id DESC, id DESC LIMIT 1) AS tx, \
-                (SELECT id FROM herald_events, snap WHERE tx_id < snap.xmin \
-                 ORDER BY tx_id DESC, id DESC LIMIT 1) AS id, \
-                EXISTS (SELECT 1 FROM herald_events, snap WHERE tx_id >= snap.xmin) AS unsettled",
+        "SELECT h.tx, h.id, EXISTS (SELECT 1 FROM herald_events \
+                WHERE tx_id >= pg_snapshot_xmin(pg_current_snapshot())) AS unsettled \
+         FROM (SELECT 1) AS one LEFT JOIN LATERAL ( \
+             SELECT tx_id::text::bigint AS tx, id FROM herald_events \
+             WHERE tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
+             ORDER BY tx_id DESC, id DESC LIMIT 1) AS h ON TRUE",
     )
     .fetch_one(pool)
     .await?;
@@ -118,7 +121,7 @@ pub(crate) async fn read_batch(
     q.push_bind(upto.tx).push("::text::xid8, ").push_bind(upto.id).push(")");
     q.push(" AND NOT pg_visible_in_snapshot(tx_id, COALESCE((SELECT start_snapshot FROM herald_inboxes WHERE name = ");
     q.push_bind(def.name).push("), '1:1:')::pg_snapshot)");
-    crate::store::push_inbox_filter(&mut q, def);
+    crate::store::push_inbox_filter(&mut q, def, false);
     q.push(" ORDER BY tx_id, id LIMIT ").push_bind(limit as i64);
     let rows = q.build().fetch_all(pool).await?;
     rows.iter()
@@ -352,6 +355,6 @@ pub(crate) async fn pending(pool: &PgPool, def: &InboxDef, after: Position, upto
     q.push_bind(upto.tx).push("::text::xid8, ").push_bind(upto.id).push(")");
     q.push(" AND NOT pg_visible_in_snapshot(tx_id, COALESCE((SELECT start_snapshot FROM herald_inboxes WHERE name = ");
     q.push_bind(def.name).push("), '1:1:')::pg_snapshot)");
-    crate::store::push_inbox_filter(&mut q, def);
+    crate::store::push_inbox_filter(&mut q, def, false);
     Ok(q.build().fetch_one(pool).await?.try_get(0)?)
 }

@@ -95,7 +95,7 @@ pub(crate) async fn read_batch(
 ) -> Result<Vec<(Position, Event)>> {
     let mut q = QueryBuilder::<Sqlite>::new(format!("SELECT {EVENT_COLUMNS} FROM herald_events WHERE id > "));
     q.push_bind(after.id).push(" AND id <= ").push_bind(upto.id);
-    crate::store::push_inbox_filter(&mut q, def);
+    crate::store::push_inbox_filter(&mut q, def, true);
     q.push(" ORDER BY id LIMIT ").push_bind(limit as i64);
     let rows = q.build().fetch_all(pool).await?;
     rows.iter().map(|r| decode(r).map(|e| (Position { tx: 0, id: e.id.0 }, e))).collect()
@@ -316,6 +316,6 @@ pub(crate) async fn inbox_rows(pool: &SqlitePool) -> Result<Vec<(String, Positio
 pub(crate) async fn pending(pool: &SqlitePool, def: &InboxDef, after: Position, upto: Position) -> Result<i64> {
     let mut q = QueryBuilder::<Sqlite>::new("SELECT COUNT(*) FROM herald_events WHERE id > ");
     q.push_bind(after.id).push(" AND id <= ").push_bind(upto.id);
-    crate::store::push_inbox_filter(&mut q, def);
+    crate::store::push_inbox_filter(&mut q, def, true);
     Ok(q.build().fetch_one(pool).await?.try_get(0)?)
 }
