@@ -200,6 +200,31 @@ pub use event_macros::Action;
 /// ```
 pub use event_macros::inbox;
 
+/// Test helpers, behind the `testing` feature: enable it in your dev-dependencies,
+/// `herald = { version = "…", features = ["testing"] }`.
+///
+/// [`TestStore`](testing::TestStore) gives each test a migrated store in a database of
+/// its own; [`event`](testing::event) and [`context`](testing::context) build what an
+/// `#[inbox]` function takes, to call it directly; [`assert_recorded`](testing::assert_recorded),
+/// [`assert_transition`](testing::assert_transition) and
+/// [`assert_routes`](testing::assert_routes) fail with what was actually recorded or routed.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> herald::Result<()> {
+/// use herald::prelude::*;
+/// use herald::testing::{self, TestStore};
+///
+/// let store = TestStore::sqlite().await?; // or TestStore::from_env()
+/// let issue = Subject::new("issue", 1);
+/// let mut tx = store.begin().await?;
+/// tx.record(&issue, "created", Actor::new("user", "alice")).await?;
+/// tx.commit().await?;
+/// testing::assert_recorded(&store).subject(&issue).action("created").count(1).await;
+/// # Ok(()) }
+/// ```
+#[cfg(feature = "testing")]
+pub use event_core::testing;
+
 /// The names most programs need: `use herald::prelude::*;`.
 pub mod prelude {
     pub use crate::{

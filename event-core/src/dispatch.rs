@@ -51,7 +51,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::{OnceCell, Semaphore};
+use tokio::sync::OnceCell;
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
@@ -209,7 +209,8 @@ impl DispatcherBuilder {
         self
     }
 
-    /// Handlers running at once, across inboxes (default 8).
+    /// Handlers of one inbox running at once (default 8). Inboxes run side by side,
+    /// each in a task of its own; a batch's handlers run concurrently inside it.
     pub fn concurrency(mut self, n: usize) -> Self {
         self.concurrency = n;
         self
@@ -279,7 +280,7 @@ impl DispatcherBuilder {
                 store: self.store,
                 registry,
                 resources: Arc::new(self.resources),
-                semaphore: Arc::new(Semaphore::new(self.concurrency)),
+                concurrency: self.concurrency,
                 lease: self.lease,
                 poll_interval: self.poll_interval,
                 batch_size: self.batch_size,
@@ -287,6 +288,7 @@ impl DispatcherBuilder {
                 dead_retention: self.dead_retention,
                 me,
                 careful: Mutex::default(),
+                known: Mutex::default(),
                 started: OnceCell::new(),
             }),
         })
@@ -314,7 +316,8 @@ struct Inner {
     store: Store,
     registry: Registry,
     resources: Arc<Resources>,
-    semaphore: Arc<Semaphore>,
+    /// Handlers of one inbox running at once.
+    concurrency: usize,
     lease: Duration,
     poll_interval: Duration,
     batch_size: usize,
@@ -323,7 +326,17 @@ struct Inner {
     me: String,
     /// Inboxes taken over from a crashed worker: events left to deliver one at a time.
     careful: Mutex<HashMap<&'static str, usize>>,
+    /// The last checkpoint this worker wrote or read per inbox, and its lease if held.
+    known: Mutex<HashMap<&'static str, Known>>,
     started: OnceCell<()>,
+}
+
+/// What a worker knows of an inbox row it wrote or read last.
+#[derive(Debug, Clone, Copy)]
+struct Known {
+    checkpoint: Position,
+    /// Until when this worker holds the lease, if it does.
+    lease_until: Option<DateTime<Utc>>,
 }
 
 /// What one pass over an inbox did.
@@ -422,6 +435,9 @@ impl Dispatcher {
         }
         if let Some(l) = listener {
             l.abort();
+        }
+        if let Ok(mut known) = self.inner.known.lock() {
+            known.clear();
         }
         self.inner.store.release_leases(&self.inner.me).await
     }
@@ -560,11 +576,23 @@ impl Dispatcher {
         let inner = &*self.inner;
         let store = &inner.store;
         let t = now();
-        let Some(lease) = store.lease_inbox(def.name, &inner.me, t, t + chrono_of(inner.lease)).await? else {
-            return Ok(Pass::default());
+        let known = inner.known.lock().ok().and_then(|k| k.get(def.name).copied());
+        if known.is_some_and(|k| k.checkpoint >= horizon) {
+            return Ok(Pass::default()); // checkpoints only move forward: nothing to do
+        }
+        let lease = match known {
+            // Still ours for a good while: no need to ask the database again.
+            Some(Known { checkpoint, lease_until: Some(until) }) if until > t + chrono_of(inner.lease / 2) => {
+                Lease { checkpoint, crash_at: None, crashes: 0, taken_over: false }
+            }
+            _ => match store.lease_inbox(def.name, &inner.me, t, t + chrono_of(inner.lease)).await? {
+                Some(lease) => lease,
+                None => return Ok(Pass::default()),
+            },
         };
         if lease.checkpoint >= horizon {
-            store.advance(def.name, &inner.me, lease.checkpoint, None, &[], now()).await?;
+            let released = store.advance(def.name, &inner.me, lease.checkpoint, None, &[], now()).await?;
+            self.remember(def.name, released.then_some(Known { checkpoint: lease.checkpoint, lease_until: None }));
             return Ok(Pass::default());
         }
         let careful = {
@@ -610,8 +638,10 @@ impl Dispatcher {
         let renew = pass.more.then(|| now() + chrono_of(inner.lease));
         if !store.advance(def.name, &inner.me, to, renew, &failures, now()).await? {
             tracing::warn!(inbox = def.name, "herald: lease lost mid-batch; its new owner re-delivers the batch");
+            self.remember(def.name, None);
             return Ok(Pass::default());
         }
+        self.remember(def.name, Some(Known { checkpoint: to, lease_until: renew }));
         if careful && let Ok(mut careful) = inner.careful.lock() {
             let left = careful.entry(def.name).or_default();
             *left = left.saturating_sub(batch.len().max(1));
@@ -619,48 +649,48 @@ impl Dispatcher {
         Ok(pass)
     }
 
+    /// Records (or forgets) what this worker knows of an inbox's row.
+    fn remember(&self, inbox: &'static str, known: Option<Known>) {
+        if let Ok(mut map) = self.inner.known.lock() {
+            match known {
+                Some(k) => map.insert(inbox, k),
+                None => map.remove(inbox),
+            };
+        }
+    }
+
     /// Runs the handler on each event (filtered), concurrently; returns how many
     /// succeeded and the failures. `attempts` is the number of failed attempts so far.
     async fn deliver(&self, def: &'static InboxDef, events: Vec<Event>, attempts: u32) -> (u64, Vec<Failure>) {
         let inner = &self.inner;
-        let mut running = Vec::with_capacity(events.len());
-        for event in events {
-            if def.filter.is_some_and(|f| !f(&event)) {
-                continue;
-            }
-            let Ok(permit) = inner.semaphore.clone().acquire_owned().await else { break };
+        let jobs = events.into_iter().filter(|e| def.filter.is_none_or(|f| f(e))).map(|event| {
             let cx = Context::new(inner.store.clone(), inner.resources.clone(), def.name, event.clone(), attempts + 1);
-            let id = event.id;
-            running.push((
-                id,
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    (def.handler)(&event, &cx).await
-                }),
-            ));
-        }
+            (event.id, async move { (def.handler)(&event, &cx).await })
+        });
+        let work = crate::concurrent::run_limited(jobs, inner.concurrency);
+        tokio::pin!(work);
         let mut renew = tokio::time::interval(inner.lease / 3);
         renew.tick().await;
-        let (mut delivered, mut failures) = (0, Vec::new());
-        for (id, mut handle) in running {
-            let joined = loop {
-                tokio::select! {
-                    joined = &mut handle => break joined,
-                    _ = renew.tick() => {
-                        let t = now();
-                        if let Err(e) = inner.store.lease_inbox(def.name, &inner.me, t, t + chrono_of(inner.lease)).await {
-                            tracing::warn!(inbox = def.name, error = %e, "herald: renewing a lease failed");
-                        }
+        let outcomes = loop {
+            tokio::select! {
+                outcomes = &mut work => break outcomes,
+                _ = renew.tick() => {
+                    let t = now();
+                    if let Err(e) = inner.store.lease_inbox(def.name, &inner.me, t, t + chrono_of(inner.lease)).await {
+                        tracing::warn!(inbox = def.name, error = %e, "herald: renewing a lease failed");
                     }
                 }
-            };
-            let error = match joined {
+            }
+        };
+        let (mut delivered, mut failures) = (0, Vec::new());
+        for (id, outcome) in outcomes {
+            let error = match outcome {
                 Ok(Ok(())) => {
                     delivered += 1;
                     continue;
                 }
                 Ok(Err(e)) => e,
-                Err(join) => InboxError::retry(panic_message(join)),
+                Err(panic) => InboxError::retry(format!("handler panicked: {panic}")),
             };
             tracing::warn!(inbox = def.name, event = %id, attempt = attempts + 1, error = %error, "herald: delivery failed");
             failures.push(failure(def, id, attempts + 1, error));
@@ -729,19 +759,6 @@ pub(crate) fn backoff(def: &InboxDef, attempts: u32) -> Duration {
 
 fn chrono_of(d: Duration) -> chrono::Duration {
     chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
-}
-
-fn panic_message(join: tokio::task::JoinError) -> String {
-    if !join.is_panic() {
-        return "handler task was cancelled".to_owned();
-    }
-    let payload = join.into_panic();
-    let text = payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a non-string payload".to_owned());
-    format!("handler panicked: {text}")
 }
 
 /// A cheap pseudo-random number (jitter and worker ids need no cryptography).

@@ -11,6 +11,8 @@
 //!   transaction as your own changes; a rollback discards both.
 //! - [`action`]: declared actions per subject type; undeclared ones are refused.
 //! - [`Feed`]: newest-first pages with an opaque [`Cursor`].
+//! - `testing` (feature `testing`): a migrated store per test, events and contexts for
+//!   calling inboxes directly, and assertions that show what was recorded.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> event_core::Result<()> {
@@ -44,6 +46,7 @@
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod action;
+mod concurrent;
 pub mod dispatch;
 mod error;
 pub mod feed;
@@ -53,6 +56,8 @@ mod model;
 mod record;
 pub mod state_machine;
 mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod transition;
 
 pub use action::{Action, ActionDeclaration};

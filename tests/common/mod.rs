@@ -6,98 +6,41 @@
 //! CI (`CI` set) it fails the test.
 #![allow(dead_code, unreachable_pub)]
 
-use std::str::FromStr;
-use std::sync::atomic::{AtomicU32, Ordering};
-
 use herald::Store;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use herald::testing::TestStore;
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    format!("{prefix}_{}_{}_{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed), nanos % 1_000_000_000)
-}
-
+/// The PostgreSQL URL of the test server (`DATABASE_URL`, or the default).
 pub fn database_url() -> String {
-    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+    herald::testing::database_url()
 }
 
-/// A migrated store in a database of its own; removes it when dropped.
+/// A migrated store in a database of its own (a [`TestStore`]); removes it when dropped.
 pub struct TestDb {
     pub store: Store,
-    cleanup: Cleanup,
-}
-
-enum Cleanup {
-    File(std::path::PathBuf),
-    Schema(String),
+    db: TestStore,
 }
 
 impl TestDb {
     pub async fn sqlite() -> TestDb {
-        let path = std::env::temp_dir().join(format!("{}.db", unique("herald_test")));
-        let store = Store::connect(&format!("sqlite://{}", path.display())).await.expect("open sqlite file");
-        store.migrate().await.expect("migrate sqlite");
-        TestDb { store, cleanup: Cleanup::File(path) }
+        let db = TestStore::sqlite().await.expect("a SQLite test store");
+        TestDb { store: db.store().clone(), db }
     }
 
     /// The PostgreSQL schema of this database, if it is one.
     pub fn schema(&self) -> Option<&str> {
-        match &self.cleanup {
-            Cleanup::Schema(s) => Some(s),
-            Cleanup::File(_) => None,
-        }
+        self.db.schema()
     }
 
     /// `None` when PostgreSQL is unreachable outside CI.
     pub async fn postgres() -> Option<TestDb> {
-        let url = database_url();
-        let admin = match sqlx::PgPool::connect(&url).await {
-            Ok(p) => p,
-            Err(e) if std::env::var_os("CI").is_none() => {
-                eprintln!("skipping the PostgreSQL half: {url} unreachable ({e}); set CI=1 to make this fatal");
-                return None;
+        match TestStore::postgres().await {
+            Ok(db) => Some(TestDb { store: db.store().clone(), db }),
+            Err(e) if e.is_unreachable() && std::env::var_os("CI").is_none() => {
+                eprintln!("skipping the PostgreSQL half: {e}; set CI=1 to make this fatal");
+                None
             }
-            Err(e) => panic!("PostgreSQL at {url} is required under CI: {e}"),
-        };
-        let schema = unique("herald_t");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-            .execute(&admin)
-            .await
-            .expect("create schema");
-        admin.close().await;
-        let opts = PgConnectOptions::from_str(&url).expect("DATABASE_URL").options([("search_path", schema.as_str())]);
-        let pool = PgPoolOptions::new().max_connections(24).connect_with(opts).await.expect("connect to schema");
-        let store = Store::from_postgres(pool);
-        store.migrate().await.expect("migrate postgres");
-        Some(TestDb { store, cleanup: Cleanup::Schema(schema) })
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        match &self.cleanup {
-            Cleanup::File(path) => {
-                for suffix in ["", "-wal", "-shm"] {
-                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-                }
-            }
-            Cleanup::Schema(schema) => {
-                let (url, schema) = (database_url(), schema.clone());
-                // Drop runs inside the test's runtime: clean up from a thread of our own.
-                let _ = std::thread::spawn(move || {
-                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
-                    rt.block_on(async {
-                        let admin = sqlx::PgPool::connect(&url).await.ok()?;
-                        sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA IF EXISTS {schema} CASCADE")))
-                            .execute(&admin)
-                            .await
-                            .ok()
-                    })
-                })
-                .join();
-            }
+            Err(e) if e.is_unreachable() => panic!("PostgreSQL is required under CI: {e}"),
+            Err(e) => panic!("PostgreSQL test store: {e:?}"),
         }
     }
 }
