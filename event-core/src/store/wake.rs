@@ -64,16 +64,12 @@ pub(crate) async fn channel(pool: &PgPool) -> sqlx::Result<String> {
     Ok(name)
 }
 
+/// Sends the `NOTIFY`s on a connection of its own with `synchronous_commit = off`: a
+/// wake-up hint needs no durability, so its commit never waits for (or adds) a WAL
+/// flush, and the recording transactions keep the disk to themselves.
 async fn notifier(pool: PgPool, notify: Arc<Notify>) {
-    let channel = loop {
-        match channel(&pool).await {
-            Ok(c) => break c,
-            Err(e) => {
-                tracing::warn!(error = %e, "herald: cannot read the schema for NOTIFY; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-    };
+    let mut conn: Option<sqlx::PgConnection> = None;
+    let mut channel: Option<String> = None;
     loop {
         // Exit once the store (the only other holder of `notify`) is gone.
         if tokio::time::timeout(Duration::from_secs(30), notify.notified()).await.is_err() {
@@ -82,7 +78,24 @@ async fn notifier(pool: PgPool, notify: Arc<Notify>) {
             }
             continue;
         }
-        if let Err(e) = sqlx::query("SELECT pg_notify($1, '')").bind(&channel).execute(&pool).await {
+        let sent = async {
+            let name = match &channel {
+                Some(c) => c.clone(),
+                None => channel.insert(self::channel(&pool).await?).clone(),
+            };
+            let c = match &mut conn {
+                Some(c) => c,
+                None => {
+                    let mut c = <sqlx::PgConnection as sqlx::Connection>::connect_with(&pool.connect_options()).await?;
+                    sqlx::query("SET synchronous_commit = off").execute(&mut c).await?;
+                    conn.insert(c)
+                }
+            };
+            sqlx::query("SELECT pg_notify($1, '')").bind(name).execute(&mut *c).await.map(|_| ())
+        }
+        .await;
+        if let Err(e) = sent {
+            conn = None;
             tracing::warn!(error = %e, "herald: NOTIFY failed; dispatchers fall back to polling");
         }
     }
