@@ -16,13 +16,16 @@ use crate::error::{Error, Result};
 use crate::inbox::InboxDef;
 use crate::model::{Event, EventId};
 
-/// Two index probes on `(tx_id, id)`: the snapshot's xmin is written into each
-/// `WHERE` (a stable expression the planner can use as an index bound), never
-/// materialized in a CTE, which would turn both into scans of the whole table.
+/// Two index probes on `(tx_id, id)`, whatever the statistics: `max(tx_id)` (one
+/// probe at the end of the index) says whether anything is unsettled, and the
+/// snapshot's xmin is written into the `WHERE` of the backward scan (a stable
+/// expression the planner uses as an index bound) — never materialized in a CTE,
+/// which would turn both into scans of the whole table.
 pub(crate) async fn horizon(pool: &PgPool) -> Result<Horizon> {
     let row = sqlx::query(
-        "SELECT h.tx, h.id, EXISTS (SELECT 1 FROM herald_events \
-                WHERE tx_id >= pg_snapshot_xmin(pg_current_snapshot())) AS unsettled \
+        "SELECT h.tx, h.id, \
+                COALESCE((SELECT max(tx_id) FROM herald_events) >= pg_snapshot_xmin(pg_current_snapshot()), FALSE) \
+                AS unsettled \
          FROM (SELECT 1) AS one LEFT JOIN LATERAL ( \
              SELECT tx_id::text::bigint AS tx, id FROM herald_events \
              WHERE tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
@@ -62,6 +65,9 @@ pub(crate) async fn sync_inbox(
     Ok(())
 }
 
+/// Optimistic, two round trips and no transaction: read the row, decide in Rust
+/// ([`LeaseRow::acquire`]), then write the lease only if the row is still exactly as
+/// read. A concurrent taker makes the `UPDATE` match nothing: not ours this time.
 pub(crate) async fn lease_inbox(
     pool: &PgPool,
     name: &str,
@@ -69,14 +75,12 @@ pub(crate) async fn lease_inbox(
     now: DateTime<Utc>,
     until: DateTime<Utc>,
 ) -> Result<Option<Lease>> {
-    let mut tx = pool.begin().await?;
-    // SKIP LOCKED: another worker taking this very lease right now means it is not ours.
     let row = sqlx::query(
         "SELECT checkpoint_tx, checkpoint_id, lease_owner, lease_until, crash_tx, crash_id, crashes \
-         FROM herald_inboxes WHERE name = $1 FOR UPDATE SKIP LOCKED",
+         FROM herald_inboxes WHERE name = $1",
     )
     .bind(name)
-    .fetch_optional(&mut *tx)
+    .fetch_optional(pool)
     .await?;
     let Some(row) = row else { return Ok(None) };
     let current = LeaseRow {
@@ -89,10 +93,12 @@ pub(crate) async fn lease_inbox(
         },
         crashes: row.try_get::<i32, _>("crashes")? as u32,
     };
+    let (owner, owner_until) = (current.owner.clone(), current.until);
     let Some(lease) = current.acquire(me, now) else { return Ok(None) };
-    sqlx::query(
+    let taken = sqlx::query(
         "UPDATE herald_inboxes SET lease_owner = $1, lease_until = $2, crash_tx = $3, crash_id = $4, crashes = $5, \
-         updated_at = $6 WHERE name = $7",
+         updated_at = $6 WHERE name = $7 AND checkpoint_tx = $8 AND checkpoint_id = $9 \
+         AND lease_owner IS NOT DISTINCT FROM $10 AND lease_until IS NOT DISTINCT FROM $11",
     )
     .bind(me)
     .bind(until)
@@ -101,10 +107,13 @@ pub(crate) async fn lease_inbox(
     .bind(lease.crashes as i32)
     .bind(now)
     .bind(name)
-    .execute(&mut *tx)
+    .bind(lease.checkpoint.tx)
+    .bind(lease.checkpoint.id)
+    .bind(owner)
+    .bind(owner_until)
+    .execute(pool)
     .await?;
-    tx.commit().await?;
-    Ok(Some(lease))
+    Ok((taken.rows_affected() == 1).then_some(lease))
 }
 
 pub(crate) async fn read_batch(
@@ -143,20 +152,33 @@ pub(crate) async fn advance(
     failures: &[Failure],
     now: DateTime<Utc>,
 ) -> Result<bool> {
+    const MOVE: &str = "UPDATE herald_inboxes SET checkpoint_tx = $1, checkpoint_id = $2, lease_owner = $3, \
+                        lease_until = $4, updated_at = $5 WHERE name = $6 AND lease_owner = $7";
+    if failures.is_empty() {
+        // One statement, one round trip: nothing else to keep atomic with it.
+        let moved = sqlx::query(MOVE)
+            .bind(to.tx)
+            .bind(to.id)
+            .bind(renew.map(|_| me))
+            .bind(renew)
+            .bind(now)
+            .bind(name)
+            .bind(me)
+            .execute(pool)
+            .await?;
+        return Ok(moved.rows_affected() == 1);
+    }
     let mut tx = pool.begin().await?;
-    let moved = sqlx::query(
-        "UPDATE herald_inboxes SET checkpoint_tx = $1, checkpoint_id = $2, lease_owner = $3, lease_until = $4, \
-         updated_at = $5 WHERE name = $6 AND lease_owner = $7",
-    )
-    .bind(to.tx)
-    .bind(to.id)
-    .bind(renew.map(|_| me))
-    .bind(renew)
-    .bind(now)
-    .bind(name)
-    .bind(me)
-    .execute(&mut *tx)
-    .await?;
+    let moved = sqlx::query(MOVE)
+        .bind(to.tx)
+        .bind(to.id)
+        .bind(renew.map(|_| me))
+        .bind(renew)
+        .bind(now)
+        .bind(name)
+        .bind(me)
+        .execute(&mut *tx)
+        .await?;
     if moved.rows_affected() != 1 {
         tx.rollback().await?;
         return Ok(false);
