@@ -585,6 +585,12 @@ impl Dispatcher {
             Some(Known { checkpoint, lease_until: Some(until) }) if until > t + chrono_of(inner.lease / 2) => {
                 Lease { checkpoint, crash_at: None, crashes: 0, taken_over: false }
             }
+            // Released by this worker, most likely untouched since: one statement.
+            Some(Known { checkpoint, lease_until: None })
+                if store.relet(def.name, &inner.me, checkpoint, t, t + chrono_of(inner.lease)).await? =>
+            {
+                Lease { checkpoint, crash_at: None, crashes: 0, taken_over: false }
+            }
             _ => match store.lease_inbox(def.name, &inner.me, t, t + chrono_of(inner.lease)).await? {
                 Some(lease) => lease,
                 None => return Ok(Pass::default()),

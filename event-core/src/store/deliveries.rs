@@ -51,6 +51,17 @@ impl Store {
         on_backend!(self, lease_inbox(name, me, now, until))
     }
 
+    pub(crate) async fn relet(
+        &self,
+        name: &str,
+        me: &str,
+        checkpoint: Position,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<bool> {
+        on_backend!(self, relet(name, me, checkpoint, now, until))
+    }
+
     pub(crate) async fn read_batch(
         &self,
         def: &InboxDef,

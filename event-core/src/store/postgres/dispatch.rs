@@ -116,6 +116,31 @@ pub(crate) async fn lease_inbox(
     Ok((taken.rows_affected() == 1).then_some(lease))
 }
 
+/// Takes an unowned lease back in one statement, if the row is exactly as this worker
+/// left it (unowned, same checkpoint): no crash to account for.
+pub(crate) async fn relet(
+    pool: &PgPool,
+    name: &str,
+    me: &str,
+    checkpoint: Position,
+    now: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE herald_inboxes SET lease_owner = $1, lease_until = $2, updated_at = $3 \
+         WHERE name = $4 AND lease_owner IS NULL AND checkpoint_tx = $5 AND checkpoint_id = $6",
+    )
+    .bind(me)
+    .bind(until)
+    .bind(now)
+    .bind(name)
+    .bind(checkpoint.tx)
+    .bind(checkpoint.id)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 pub(crate) async fn read_batch(
     pool: &PgPool,
     def: &InboxDef,

@@ -86,6 +86,31 @@ pub(crate) async fn lease_inbox(
     Ok(Some(lease))
 }
 
+/// Takes an unowned lease back in one statement, if the row is exactly as this worker
+/// left it (unowned, same checkpoint): no crash to account for.
+pub(crate) async fn relet(
+    pool: &SqlitePool,
+    name: &str,
+    me: &str,
+    checkpoint: Position,
+    now: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE herald_inboxes SET lease_owner = ?, lease_until = ?, updated_at = ? \
+         WHERE name = ? AND lease_owner IS NULL AND checkpoint_tx = ? AND checkpoint_id = ?",
+    )
+    .bind(me)
+    .bind(encode_time(until))
+    .bind(encode_time(now))
+    .bind(name)
+    .bind(checkpoint.tx)
+    .bind(checkpoint.id)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 pub(crate) async fn read_batch(
     pool: &SqlitePool,
     def: &InboxDef,
