@@ -7,19 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn example_binary() -> PathBuf {
-    let dir = std::env::current_exe()
-        .expect("test path")
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target dir")
-        .to_path_buf();
-    let bin = dir.join("examples").join("issue_tracker");
-    if !bin.exists() {
-        let status =
-            Command::new(env!("CARGO")).args(["build", "--example", "issue_tracker"]).status().expect("cargo build");
-        assert!(status.success());
-    }
-    bin
+    common::example_binary("issue_tracker")
 }
 
 fn run(database_url: Option<&str>) -> String {

@@ -14,21 +14,7 @@ use serde_json::json;
 use common::{TestDb, execute};
 
 fn worker_binary() -> PathBuf {
-    let dir = std::env::current_exe()
-        .expect("test path")
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target dir")
-        .to_path_buf();
-    let bin = dir.join("examples").join("dispatch_worker");
-    if !bin.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--example", "dispatch_worker"])
-            .status()
-            .expect("cargo build --example dispatch_worker");
-        assert!(status.success());
-    }
-    bin
+    common::example_binary("dispatch_worker")
 }
 
 struct Worker(Child);

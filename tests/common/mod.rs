@@ -141,3 +141,19 @@ pub async fn switch_on(store: &Store, name: &str) -> bool {
     };
     matches!(found, Ok(Some(_)))
 }
+
+/// The path of `examples/<name>` as built next to this test binary (building it first
+/// if `cargo test` did not).
+pub fn example_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test path");
+    let target = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = target.join("examples").join(name);
+    if !bin.exists() {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "--example", name])
+            .status()
+            .expect("cargo build --example");
+        assert!(status.success(), "cargo build --example {name} failed");
+    }
+    bin
+}

@@ -137,20 +137,33 @@ pub(crate) async fn advance(
     failures: &[Failure],
     now: DateTime<Utc>,
 ) -> Result<bool> {
+    const MOVE: &str = "UPDATE herald_inboxes SET checkpoint_tx = ?, checkpoint_id = ?, lease_owner = ?, \
+                        lease_until = ?, updated_at = ? WHERE name = ? AND lease_owner = ?";
+    if failures.is_empty() {
+        // One statement: nothing else to keep atomic with it.
+        let moved = sqlx::query(MOVE)
+            .bind(to.tx)
+            .bind(to.id)
+            .bind(renew.map(|_| me))
+            .bind(renew.map(encode_time))
+            .bind(encode_time(now))
+            .bind(name)
+            .bind(me)
+            .execute(pool)
+            .await?;
+        return Ok(moved.rows_affected() == 1);
+    }
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    let moved = sqlx::query(
-        "UPDATE herald_inboxes SET checkpoint_tx = ?, checkpoint_id = ?, lease_owner = ?, lease_until = ?, \
-         updated_at = ? WHERE name = ? AND lease_owner = ?",
-    )
-    .bind(to.tx)
-    .bind(to.id)
-    .bind(renew.map(|_| me))
-    .bind(renew.map(encode_time))
-    .bind(encode_time(now))
-    .bind(name)
-    .bind(me)
-    .execute(&mut *tx)
-    .await?;
+    let moved = sqlx::query(MOVE)
+        .bind(to.tx)
+        .bind(to.id)
+        .bind(renew.map(|_| me))
+        .bind(renew.map(encode_time))
+        .bind(encode_time(now))
+        .bind(name)
+        .bind(me)
+        .execute(&mut *tx)
+        .await?;
     if moved.rows_affected() != 1 {
         tx.rollback().await?;
         return Ok(false);
