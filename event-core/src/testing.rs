@@ -305,7 +305,7 @@ impl Drop for Cleanup {
                 // clean up from a thread and a runtime of our own.
                 let dropped = std::thread::spawn(move || drop_schema(opts, &schema)).join();
                 if let Ok(Err(reason)) = dropped {
-                    eprintln!("herald::testing: could not drop test schema {name}: {reason}");
+                    tracing::warn!(schema = %name, %reason, "herald::testing: could not drop the test schema");
                 }
             }
         }
