@@ -43,6 +43,15 @@ fn only(prefix: &'static str) -> Registry {
         .retain(move |d| d.name.rsplit("::").next().is_some_and(|n| n.starts_with(prefix)))
 }
 
+/// Runs `d` in the background until the returned sender fires (or is dropped).
+fn start(d: Dispatcher) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<herald::Result<()>>) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(d.run(async move {
+        let _ = stopped.await;
+    }));
+    (stop, run)
+}
+
 async fn dispatcher(store: &Store, prefix: &'static str) -> Dispatcher {
     Dispatcher::builder(store.clone()).registry(only(prefix)).build().expect("dispatcher")
 }
@@ -188,10 +197,7 @@ backend_test!(retries_follow_exponential_backoff, |store| async move {
     tx.record(Subject::new("backoff", 1), "tick", Actor::system()).await.unwrap();
     tx.commit().await.unwrap();
 
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(d.clone().run(async move {
-        let _ = stopped.await;
-    }));
+    let (stop, run) = start(d.clone());
     let deadline = Instant::now() + Duration::from_secs(10);
     while handled(&store).await.len() < 4 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -274,10 +280,7 @@ backend_test!(shutdown_finishes_in_flight_deliveries, |store| async move {
     create_handled(&store).await;
     let d = dispatcher(&store, "slow_").await;
     d.drain().await.unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(d.clone().run(async move {
-        let _ = stopped.await;
-    }));
+    let (stop, run) = start(d.clone());
     let mut tx = store.begin().await.unwrap();
     tx.record(Subject::new("slow", 1), "happened", Actor::system()).await.unwrap();
     tx.commit().await.unwrap();
@@ -318,10 +321,7 @@ backend_test!(commits_wake_the_dispatcher_without_polling, |store| async move {
         .build()
         .unwrap();
     d.drain().await.unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(d.run(async move {
-        let _ = stopped.await;
-    }));
+    let (stop, run) = start(d);
     tokio::time::sleep(Duration::from_millis(100)).await;
     for n in 1..=3 {
         let took = time_to_delivery(&store, &store, n).await;
@@ -352,10 +352,7 @@ async fn notify_wakes_other_processes_and_survives_a_dropped_listener_postgres()
         .build()
         .unwrap();
     d.drain().await.unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(d.run(async move {
-        let _ = stopped.await;
-    }));
+    let (stop, run) = start(d);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let took = time_to_delivery(&writer, &store, 1).await;
     assert!(took < Duration::from_secs(2), "NOTIFY delivery took {took:?}");

@@ -58,3 +58,34 @@ pub(crate) fn wrap(items: TokenStream) -> TokenStream {
         };
     }
 }
+
+/// The variants of a derive's enum, each turned into `T` by `variant`; a struct or
+/// union (reported at its keyword with `not_an_enum`) gives `None`. Generic enums are
+/// reported too: `what` names the thing in the message ("a state machine").
+pub(crate) fn enum_variants<'a, T>(
+    input: &'a syn::DeriveInput,
+    what: &str,
+    not_an_enum: &str,
+    cx: &mut crate::ctxt::Errors,
+    mut variant: impl FnMut(&'a syn::Variant, &mut crate::ctxt::Errors) -> T,
+) -> Option<Vec<T>> {
+    let variants = match &input.data {
+        syn::Data::Enum(data) => Some(data.variants.iter().map(|v| variant(v, cx)).collect()),
+        syn::Data::Struct(data) => {
+            cx.spanned(data.struct_token, not_an_enum);
+            None
+        }
+        syn::Data::Union(data) => {
+            cx.spanned(data.union_token, not_an_enum);
+            None
+        }
+    };
+    if !input.generics.params.is_empty() {
+        let generics = &input.generics;
+        cx.spanned(
+            generics,
+            format!("{what} cannot be generic; remove `{}` from `{}`", quote!(#generics), input.ident),
+        );
+    }
+    variants
+}

@@ -1,8 +1,9 @@
 //! The model of a `#[derive(Action)]` input, keeping the syn nodes for spans.
 
-use syn::{Data, DeriveInput, Fields, Ident, LitStr, Variant, Visibility};
+use syn::{DeriveInput, Fields, Ident, LitStr, Variant, Visibility};
 
 use super::attr::{self, Options};
+use crate::common::enum_variants;
 use crate::ctxt::Errors;
 use crate::names::snake_case;
 
@@ -29,28 +30,7 @@ const NOT_AN_ENUM: &str = "#[derive(Action)] works on enums of unit variants onl
 impl<'a> Actions<'a> {
     pub(crate) fn from_syn(input: &'a DeriveInput, cx: &mut Errors) -> Self {
         let options = attr::options(&input.attrs, cx);
-        let variants = match &input.data {
-            Data::Enum(data) => Some(data.variants.iter().map(|v| ActionVariant::from_syn(v, cx)).collect()),
-            Data::Struct(data) => {
-                cx.spanned(data.struct_token, NOT_AN_ENUM);
-                None
-            }
-            Data::Union(data) => {
-                cx.spanned(data.union_token, NOT_AN_ENUM);
-                None
-            }
-        };
-        if !input.generics.params.is_empty() {
-            let generics = &input.generics;
-            cx.spanned(
-                generics,
-                format!(
-                    "an action enum cannot be generic; remove `{}` from `{}`",
-                    quote::quote!(#generics),
-                    input.ident
-                ),
-            );
-        }
+        let variants = enum_variants(input, "an action enum", NOT_AN_ENUM, cx, ActionVariant::from_syn);
         Actions { ident: &input.ident, vis: &input.vis, options, variants }
     }
 

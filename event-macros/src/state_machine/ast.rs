@@ -4,9 +4,10 @@
 //! going: whatever could be read is still in the model, so `valid.rs` can report
 //! its own findings in the same run.
 
-use syn::{Attribute, Data, DeriveInput, Fields, Ident, Variant, Visibility};
+use syn::{Attribute, DeriveInput, Fields, Ident, Variant, Visibility};
 
 use super::attr::{self, Options, Transition};
+use crate::common::enum_variants;
 use crate::ctxt::Errors;
 use crate::names::snake_case;
 
@@ -34,28 +35,7 @@ impl<'a> Machine<'a> {
         let transitions = attr::transitions(&input.attrs, cx);
         attr::misplaced(&input.attrs, &["initial"], "the enum; put it on the initial variant", cx);
 
-        let states = match &input.data {
-            Data::Enum(data) => Some(data.variants.iter().map(|v| State::from_syn(v, cx)).collect()),
-            Data::Struct(data) => {
-                cx.spanned(data.struct_token, NOT_AN_ENUM);
-                None
-            }
-            Data::Union(data) => {
-                cx.spanned(data.union_token, NOT_AN_ENUM);
-                None
-            }
-        };
-        if !input.generics.params.is_empty() {
-            let generics = &input.generics;
-            cx.spanned(
-                generics,
-                format!(
-                    "a state machine cannot be generic; remove `{}` from `{}`",
-                    quote::quote!(#generics),
-                    input.ident
-                ),
-            );
-        }
+        let states = enum_variants(input, "a state machine", NOT_AN_ENUM, cx, State::from_syn);
 
         Machine { ident: &input.ident, vis: &input.vis, options, transitions, states }
     }
