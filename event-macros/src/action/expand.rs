@@ -79,7 +79,8 @@ pub(crate) fn fallback(generic: bool, actions: &Actions<'_>) -> TokenStream {
     let krate = runtime_path(actions.options.krate.as_ref());
     let ident = actions.ident;
     let vis = actions.vis;
-    let unimplemented = quote!(::core::unimplemented!("#[derive(Action)] failed"));
+    // Emitted only beside a `compile_error!`: the crate never builds, so this never runs.
+    let never = quote!(::core::unreachable!("#[derive(Action)] failed to expand"));
     let all_unit =
         actions.variants.as_ref().is_some_and(|vs| vs.iter().all(|v| matches!(v.variant.fields, Fields::Unit)));
     let impl_trait = all_unit.then(|| {
@@ -87,7 +88,7 @@ pub(crate) fn fallback(generic: bool, actions: &Actions<'_>) -> TokenStream {
             impl #krate::action::Action for #ident {
                 const SUBJECT: &'static str = "";
                 fn as_str(&self) -> &'static str {
-                    #unimplemented
+                    #never
                 }
             }
         }
@@ -98,19 +99,19 @@ pub(crate) fn fallback(generic: bool, actions: &Actions<'_>) -> TokenStream {
         #[allow(dead_code)]
         impl #ident {
             #vis fn as_str(&self) -> &'static str {
-                #unimplemented
+                #never
             }
         }
 
         impl ::core::convert::AsRef<str> for #ident {
             fn as_ref(&self) -> &str {
-                #unimplemented
+                #never
             }
         }
 
         impl ::core::fmt::Display for #ident {
             fn fmt(&self, _: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                #unimplemented
+                #never
             }
         }
 
@@ -118,7 +119,7 @@ pub(crate) fn fallback(generic: bool, actions: &Actions<'_>) -> TokenStream {
             type Err = #krate::Error;
 
             fn from_str(_: &str) -> ::core::result::Result<Self, Self::Err> {
-                #unimplemented
+                #never
             }
         }
     })

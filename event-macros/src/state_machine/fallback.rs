@@ -20,7 +20,8 @@ pub(crate) fn expand(input: &DeriveInput, machine: &Machine<'_>) -> TokenStream 
     let sm = quote!(#krate::state_machine);
     let ident = machine.ident;
     let vis = machine.vis;
-    let unimplemented = quote!(::core::unimplemented!("#[derive(StateMachine)] failed"));
+    // Emitted only beside a `compile_error!`: the crate never builds, so this never runs.
+    let never = quote!(::core::unreachable!("#[derive(StateMachine)] failed to expand"));
 
     // The trait impl needs a state for INITIAL and Copy + Eq + …, which only an
     // enum of unit variants may have.
@@ -41,7 +42,7 @@ pub(crate) fn expand(input: &DeriveInput, machine: &Machine<'_>) -> TokenStream 
                     const INITIAL: Self = Self::#initial;
 
                     fn name(&self) -> &'static str {
-                        #unimplemented
+                        #never
                     }
                 }
             }
@@ -56,10 +57,10 @@ pub(crate) fn expand(input: &DeriveInput, machine: &Machine<'_>) -> TokenStream 
         fresh.then(|| {
             quote! {
                 #vis fn #event(self) -> ::core::result::Result<#sm::Transition<Self>, #sm::InvalidTransition> {
-                    #unimplemented
+                    #never
                 }
                 #vis fn #can(&self) -> bool {
-                    #unimplemented
+                    #never
                 }
             }
         })
@@ -74,19 +75,19 @@ pub(crate) fn expand(input: &DeriveInput, machine: &Machine<'_>) -> TokenStream 
         impl #ident {
             #(#events)*
             #vis fn permitted_events(&self) -> ::std::vec::Vec<&'static str> {
-                #unimplemented
+                #never
             }
             #vis fn initial() -> Self {
-                #unimplemented
+                #never
             }
             #vis fn states() -> &'static [Self] {
-                #unimplemented
+                #never
             }
             #vis fn as_str(&self) -> &'static str {
-                #unimplemented
+                #never
             }
             #vis fn diagram() -> ::std::string::String {
-                #unimplemented
+                #never
             }
         }
 
@@ -94,7 +95,7 @@ pub(crate) fn expand(input: &DeriveInput, machine: &Machine<'_>) -> TokenStream 
             type Err = #sm::UnknownState;
 
             fn from_str(_: &str) -> ::core::result::Result<Self, Self::Err> {
-                #unimplemented
+                #never
             }
         }
 
