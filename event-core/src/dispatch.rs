@@ -675,8 +675,10 @@ impl Dispatcher {
         });
         let work = crate::concurrent::run_limited(jobs, inner.concurrency);
         tokio::pin!(work);
-        let mut renew = tokio::time::interval(inner.lease / 3);
-        renew.tick().await;
+        // `interval_at`, not `interval` + a first `tick()`: that first tick goes through
+        // tokio's millisecond timer wheel and cost ~1 ms of latency per batch.
+        let every = inner.lease / 3;
+        let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         let outcomes = loop {
             tokio::select! {
                 outcomes = &mut work => break outcomes,
