@@ -379,6 +379,68 @@ async fn notify_wakes_other_processes_and_survives_a_dropped_listener_postgres()
     run.await.unwrap().unwrap();
 }
 
+/// Commits faster than `NOTIFY`s are sent share one: a burst from another process is
+/// delivered in full (the last commits are never left to the poll interval), and the
+/// number of notifications is bounded by time, not by the number of commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_of_commits_shares_notifies_and_is_delivered_in_full_postgres() {
+    let Some(db) = common::TestDb::postgres().await else { return };
+    let store = db.store.clone();
+    create_handled(&store).await;
+    let writer = second_store(&db).await;
+    let d = Dispatcher::builder(store.clone())
+        .registry(only("wake_"))
+        .poll_interval(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    d.drain().await.unwrap();
+    let (stop, run) = start(d);
+    // Count what the channel carries, as any other process would see it.
+    let schema: String =
+        sqlx::query_scalar("SELECT current_schema()").fetch_one(store.postgres_pool().unwrap()).await.unwrap();
+    let mut listener = sqlx::postgres::PgListener::connect_with(store.postgres_pool().unwrap()).await.unwrap();
+    listener.listen(&format!("herald_{schema}")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let (writers, each) = (8, 40);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let writer = writer.clone();
+            tokio::spawn(async move {
+                for i in 0..each {
+                    let mut tx = writer.begin().await.unwrap();
+                    tx.record(Subject::new("wake", w * 1000 + i), "happened", Actor::system()).await.unwrap();
+                    tx.commit().await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let burst = started.elapsed();
+    let total = (writers * each) as usize;
+    while handled(&store).await.len() < total && started.elapsed() < burst + Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let delivered_after = started.elapsed();
+    assert_eq!(handled(&store).await.len(), total, "every commit of the burst delivered without polling");
+    assert!(delivered_after < burst + Duration::from_secs(2), "the burst's tail took {:?}", delivered_after - burst);
+
+    let mut notifies = 0u32;
+    while let Ok(Ok(Some(_))) = tokio::time::timeout(Duration::from_millis(300), listener.try_recv()).await {
+        notifies += 1;
+    }
+    // One NOTIFY per 5 ms interval at most, plus the leading and the trailing one.
+    let bound = (burst.as_millis() / 5) as u32 + 2;
+    assert!(notifies >= 1, "the burst was announced");
+    assert!(notifies <= bound, "{notifies} NOTIFYs for {total} commits in {burst:?} (at most {bound})");
+    assert!(notifies < total as u32, "commits shared NOTIFYs: {notifies} for {total} commits");
+    let _ = stop.send(());
+    run.await.unwrap().unwrap();
+}
+
 // ---- commit order (PostgreSQL) ------------------------------------------------------
 
 #[inbox(subject = "order")]

@@ -41,8 +41,10 @@
 //!
 //! **Wake-ups.** A commit that recorded events wakes this process's dispatchers at
 //! once and, on PostgreSQL, other processes through `LISTEN`/`NOTIFY` (sent after the
-//! commit, outside the transaction). The listener reconnects when its connection
-//! drops; polling every [`DispatcherBuilder::poll_interval`] runs regardless.
+//! commit, outside the transaction, at most one per 5 ms per store: the first commit
+//! after a quiet spell is announced at once, faster commits share the next one). The
+//! listener reconnects when its connection drops; polling every
+//! [`DispatcherBuilder::poll_interval`] runs regardless.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -799,6 +801,8 @@ async fn listen(store: Store, pool: sqlx::PgPool) {
                 store.poke(); // anything committed while we were away
                 loop {
                     match listener.try_recv().await {
+                        // This store's own commits already woke its dispatchers.
+                        Ok(Some(n)) if store.is_own_notification(n.process_id()) => {}
                         Ok(Some(_)) => store.poke(),
                         Ok(None) => {
                             tracing::warn!("herald: LISTEN connection lost; reconnecting (polling meanwhile)");

@@ -27,6 +27,11 @@ impl Store {
         self.wake.poke();
     }
 
+    /// Whether a notification from backend `pid` came from this store's own notifier.
+    pub(crate) fn is_own_notification(&self, pid: u32) -> bool {
+        self.wake.is_own(pid)
+    }
+
     pub(crate) async fn horizon(&self) -> Result<Horizon> {
         on_backend!(self, horizon())
     }
