@@ -80,8 +80,8 @@ fn config() -> Config {
     } else {
         Config {
             quick: false,
-            rounds: 5,
-            single_ops: 2000,
+            rounds: 8,
+            single_ops: 1500,
             batch_size: 1000,
             batches: 20,
             transition_ops: 1000,
@@ -132,12 +132,15 @@ where
 {
     let (mut base, mut ours) = (Vec::new(), Vec::new());
     for round in 0..rounds {
-        let t = Instant::now();
-        let n = baseline().await?;
-        base.push(n as f64 / t.elapsed().as_secs_f64());
-        let t = Instant::now();
-        let n = herald().await?;
-        ours.push(n as f64 / t.elapsed().as_secs_f64());
+        // Alternate which side goes first (A B, B A, ...): whatever the first run of a
+        // round leaves behind (dirty pages, a WAL segment switch, autovacuum waking up)
+        // lands on both sides equally.
+        for side in if round % 2 == 0 { [false, true] } else { [true, false] } {
+            let t = Instant::now();
+            let n = if side { herald().await? } else { baseline().await? };
+            let rate = n as f64 / t.elapsed().as_secs_f64();
+            if side { ours.push(rate) } else { base.push(rate) }
+        }
         eprintln!("  [{label}] round {}: raw {:.0}/s, herald {:.0}/s", round + 1, base[round], ours[round]);
     }
     Ok((median(base), median(ours)))
