@@ -653,3 +653,40 @@ async fn start_from_now_skips_history_held_behind_an_older_transaction_postgres(
     let runs: Vec<_> = handled(&store).await.into_iter().map(|(inbox, id, ..)| (inbox, id)).collect();
     assert_eq!(runs, [("replay_mailer".to_owned(), in_flight.id.0)]);
 }
+
+// ---- batch read plans -----------------------------------------------------------------
+
+// A batch read walks the position index in commit order, with or without table
+// statistics: it never narrows by the subject index first (PostgreSQL without
+// statistics did, and every read then grew with the subject's whole history).
+backend_test!(batch_reads_walk_the_position_index, |store| async move {
+    for chunk in 0..5 {
+        let mut tx = store.begin().await.unwrap();
+        let events = (0..2_000).map(|n| {
+            let kind = if n % 2 == 0 { "fan" } else { "other" };
+            NewEvent::new(Subject::new(kind, chunk * 2_000 + n), "posted", Actor::system())
+        });
+        tx.record_all(events).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    let d = Dispatcher::builder(store.clone()).registry(only("fan_audit")).build().unwrap();
+    let name = d.registry().iter().next().unwrap().name;
+    let healthy = |plan: &str| {
+        let position = if store.postgres_pool().is_some() { "herald_events_position" } else { "PRIMARY KEY" };
+        assert!(plan.contains(position), "expected {position} in:\n{plan}");
+        assert!(!plan.contains("herald_events_subject"), "narrowed by the subject index first:\n{plan}");
+    };
+    // A fresh table, never analyzed, the whole backlog ahead of the checkpoint.
+    healthy(&d.explain(name).await.unwrap());
+
+    // Caught up, with statistics: an ordered walk from the checkpoint, no sort.
+    create_handled(&store).await;
+    d.drain().await.unwrap();
+    execute(&store, "ANALYZE").await.unwrap();
+    let plan = d.explain(name).await.unwrap();
+    healthy(&plan);
+    assert!(!plan.contains("Sort") && !plan.contains("TEMP B-TREE"), "{plan}");
+
+    let err = d.explain("no_such_inbox").await.unwrap_err();
+    assert!(matches!(err, herald::Error::UnknownInbox(ref n) if n == "no_such_inbox"), "{err:?}");
+});

@@ -460,6 +460,28 @@ impl Dispatcher {
         Ok(out)
     }
 
+    /// The database's plan (`EXPLAIN`; SQLite: `EXPLAIN QUERY PLAN`) for the next batch
+    /// read of the registered inbox `inbox`, from its checkpoint to the current
+    /// horizon. A healthy plan walks the position index in order (PostgreSQL
+    /// `herald_events_position`, SQLite the primary key) and stops at the batch size,
+    /// so reading a batch costs the same whatever the size of the table.
+    ///
+    /// Fails with [`Error::UnknownInbox`] if no registered inbox has that name.
+    pub async fn explain(&self, inbox: &str) -> Result<String> {
+        let def = self.inner.registry.get(inbox).ok_or_else(|| Error::UnknownInbox(inbox.to_owned()))?;
+        self.start().await?;
+        let horizon = self.inner.store.horizon().await?;
+        let checkpoint = self
+            .inner
+            .store
+            .inbox_rows()
+            .await?
+            .into_iter()
+            .find_map(|(name, checkpoint, _, _)| (name == inbox).then_some(checkpoint))
+            .unwrap_or_default();
+        self.inner.store.explain_batch(def, checkpoint, horizon.safe, self.inner.batch_size).await
+    }
+
     /// Registers the inboxes in the database (once; [`run`](Self::run),
     /// [`drain`](Self::drain) and [`status`](Self::status) do it too) and logs what was
     /// found. An inbox that starts from now starts from this call: await it before

@@ -142,6 +142,10 @@ pub enum Error {
         second: String,
     },
 
+    /// No inbox of the dispatcher's registry has this name.
+    #[error("no registered inbox is named `{0}`")]
+    UnknownInbox(String),
+
     /// No delivery with this id exists (or it is not dead).
     #[error("no dead delivery with id {0}")]
     NoSuchDelivery(i64),

@@ -77,6 +77,16 @@ impl Store {
         on_backend!(self, read_batch(def, after, upto, limit))
     }
 
+    pub(crate) async fn explain_batch(
+        &self,
+        def: &InboxDef,
+        after: Position,
+        upto: Position,
+        limit: usize,
+    ) -> Result<String> {
+        on_backend!(self, explain_batch(def, after, upto, limit))
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn advance(
         &self,

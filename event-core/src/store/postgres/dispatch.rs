@@ -141,6 +141,20 @@ pub(crate) async fn relet(
     Ok(done.rows_affected() == 1)
 }
 
+/// The next batch of `def` after `after`, up to `upto`, in commit order.
+fn batch_query(prefix: &str, def: &InboxDef, after: Position, upto: Position, limit: usize) -> QueryBuilder<Postgres> {
+    let mut q = QueryBuilder::<Postgres>::new(format!(
+        "{prefix}SELECT {EVENT_COLUMNS}, tx_id::text::bigint AS pos_tx FROM herald_events WHERE (tx_id, id) > ("
+    ));
+    q.push_bind(after.tx).push("::text::xid8, ").push_bind(after.id).push(") AND (tx_id, id) <= (");
+    q.push_bind(upto.tx).push("::text::xid8, ").push_bind(upto.id).push(")");
+    q.push(" AND NOT pg_visible_in_snapshot(tx_id, COALESCE((SELECT start_snapshot FROM herald_inboxes WHERE name = ");
+    q.push_bind(def.name).push("), '1:1:')::pg_snapshot)");
+    crate::store::push_inbox_filter(&mut q, def);
+    q.push(" ORDER BY tx_id, id LIMIT ").push_bind(limit as i64);
+    q
+}
+
 pub(crate) async fn read_batch(
     pool: &PgPool,
     def: &InboxDef,
@@ -148,22 +162,25 @@ pub(crate) async fn read_batch(
     upto: Position,
     limit: usize,
 ) -> Result<Vec<(Position, Event)>> {
-    let mut q = QueryBuilder::<Postgres>::new(format!(
-        "SELECT {EVENT_COLUMNS}, tx_id::text::bigint AS pos_tx FROM herald_events WHERE (tx_id, id) > ("
-    ));
-    q.push_bind(after.tx).push("::text::xid8, ").push_bind(after.id).push(") AND (tx_id, id) <= (");
-    q.push_bind(upto.tx).push("::text::xid8, ").push_bind(upto.id).push(")");
-    q.push(" AND NOT pg_visible_in_snapshot(tx_id, COALESCE((SELECT start_snapshot FROM herald_inboxes WHERE name = ");
-    q.push_bind(def.name).push("), '1:1:')::pg_snapshot)");
-    crate::store::push_inbox_filter(&mut q, def, false);
-    q.push(" ORDER BY tx_id, id LIMIT ").push_bind(limit as i64);
-    let rows = q.build().fetch_all(pool).await?;
+    let rows = batch_query("", def, after, upto, limit).build().fetch_all(pool).await?;
     rows.iter()
         .map(|r| {
             let e = decode(r)?;
             Ok((Position { tx: r.try_get("pos_tx")?, id: e.id.0 }, e))
         })
         .collect()
+}
+
+pub(crate) async fn explain_batch(
+    pool: &PgPool,
+    def: &InboxDef,
+    after: Position,
+    upto: Position,
+    limit: usize,
+) -> Result<String> {
+    let rows = batch_query("EXPLAIN ", def, after, upto, limit).build().fetch_all(pool).await?;
+    let lines: Vec<String> = rows.iter().map(|r| r.try_get::<String, _>(0)).collect::<Result<_, _>>()?;
+    Ok(lines.join("\n"))
 }
 
 /// Moves the checkpoint and parks the failures in one transaction, if the lease is
@@ -402,6 +419,6 @@ pub(crate) async fn pending(pool: &PgPool, def: &InboxDef, after: Position, upto
     q.push_bind(upto.tx).push("::text::xid8, ").push_bind(upto.id).push(")");
     q.push(" AND NOT pg_visible_in_snapshot(tx_id, COALESCE((SELECT start_snapshot FROM herald_inboxes WHERE name = ");
     q.push_bind(def.name).push("), '1:1:')::pg_snapshot)");
-    crate::store::push_inbox_filter(&mut q, def, false);
+    crate::store::push_inbox_filter(&mut q, def);
     Ok(q.build().fetch_one(pool).await?.try_get(0)?)
 }

@@ -111,6 +111,15 @@ pub(crate) async fn relet(
     Ok(done.rows_affected() == 1)
 }
 
+/// The next batch of `def` after `after`, up to `upto`, in commit (id) order.
+fn batch_query(prefix: &str, def: &InboxDef, after: Position, upto: Position, limit: usize) -> QueryBuilder<Sqlite> {
+    let mut q = QueryBuilder::<Sqlite>::new(format!("{prefix}SELECT {EVENT_COLUMNS} FROM herald_events WHERE id > "));
+    q.push_bind(after.id).push(" AND id <= ").push_bind(upto.id);
+    crate::store::push_inbox_filter(&mut q, def);
+    q.push(" ORDER BY id LIMIT ").push_bind(limit as i64);
+    q
+}
+
 pub(crate) async fn read_batch(
     pool: &SqlitePool,
     def: &InboxDef,
@@ -118,12 +127,20 @@ pub(crate) async fn read_batch(
     upto: Position,
     limit: usize,
 ) -> Result<Vec<(Position, Event)>> {
-    let mut q = QueryBuilder::<Sqlite>::new(format!("SELECT {EVENT_COLUMNS} FROM herald_events WHERE id > "));
-    q.push_bind(after.id).push(" AND id <= ").push_bind(upto.id);
-    crate::store::push_inbox_filter(&mut q, def, true);
-    q.push(" ORDER BY id LIMIT ").push_bind(limit as i64);
-    let rows = q.build().fetch_all(pool).await?;
+    let rows = batch_query("", def, after, upto, limit).build().fetch_all(pool).await?;
     rows.iter().map(|r| decode(r).map(|e| (Position { tx: 0, id: e.id.0 }, e))).collect()
+}
+
+pub(crate) async fn explain_batch(
+    pool: &SqlitePool,
+    def: &InboxDef,
+    after: Position,
+    upto: Position,
+    limit: usize,
+) -> Result<String> {
+    let rows = batch_query("EXPLAIN QUERY PLAN ", def, after, upto, limit).build().fetch_all(pool).await?;
+    let lines: Vec<String> = rows.iter().map(|r| r.try_get::<String, _>("detail")).collect::<Result<_, _>>()?;
+    Ok(lines.join("\n"))
 }
 
 /// Parks the failures and moves the checkpoint, in one transaction, if the lease is
@@ -354,6 +371,6 @@ pub(crate) async fn inbox_rows(pool: &SqlitePool) -> Result<Vec<(String, Positio
 pub(crate) async fn pending(pool: &SqlitePool, def: &InboxDef, after: Position, upto: Position) -> Result<i64> {
     let mut q = QueryBuilder::<Sqlite>::new("SELECT COUNT(*) FROM herald_events WHERE id > ");
     q.push_bind(after.id).push(" AND id <= ").push_bind(upto.id);
-    crate::store::push_inbox_filter(&mut q, def, true);
+    crate::store::push_inbox_filter(&mut q, def);
     Ok(q.build().fetch_one(pool).await?.try_get(0)?)
 }
