@@ -59,6 +59,11 @@ pub(super) async fn insert(conn: &mut PgConnection, event: NewEvent) -> Result<E
 /// transaction ends; the insert, a fresh statement with a fresh snapshot, then sees
 /// every event the lock holder committed. (Under REPEATABLE READ or SERIALIZABLE the
 /// waiter gets a serialization failure instead of a duplicate.)
+///
+/// The insert also deletes the lock row: it stays locked until this transaction
+/// ends, a waiter's upsert then finds it gone and inserts its own, and the table
+/// holds only the rows of transactions in flight instead of one per throttled
+/// pair forever.
 pub(super) async fn insert_throttled(
     conn: &mut PgConnection,
     event: NewEvent,
@@ -76,7 +81,8 @@ pub(super) async fn insert_throttled(
     .execute(&mut *conn)
     .await?;
     let insert = sqlx::query(
-        "INSERT INTO herald_events (subject_type, subject_id, actor_type, actor_id, action, metadata, \
+        "WITH unlock AS (DELETE FROM herald_throttle WHERE subject_type = $1 AND subject_id = $2 AND action = $5) \
+         INSERT INTO herald_events (subject_type, subject_id, actor_type, actor_id, action, metadata, \
          created_at, causation_id, correlation_id) \
          SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 WHERE NOT EXISTS (SELECT 1 FROM herald_events \
          WHERE subject_type = $1 AND subject_id = $2 AND action = $5 AND created_at > $10) RETURNING id",
