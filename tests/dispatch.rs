@@ -690,3 +690,37 @@ backend_test!(batch_reads_walk_the_position_index, |store| async move {
     let err = d.explain("no_such_inbox").await.unwrap_err();
     assert!(matches!(err, herald::Error::UnknownInbox(ref n) if n == "no_such_inbox"), "{err:?}");
 });
+
+// ---- feedback loops ---------------------------------------------------------------------
+
+// Records another `echo` for every `echo` it receives: a loop without end, but for the
+// causation-depth limit.
+#[inbox(subject = "echo")]
+async fn loop_echo(event: &Event, cx: &Context) -> Result<(), InboxError> {
+    let n = event.meta("n").and_then(|n| n.as_i64()).unwrap_or(0);
+    cx.record(Subject::new("echo", 1), "happened", Actor::system(), json!({ "n": n + 1 })).await?;
+    Ok(())
+}
+
+backend_test!(an_inbox_that_triggers_itself_stops_at_the_causation_limit, |store| async move {
+    let d = Dispatcher::builder(store.clone()).registry(only("loop_echo")).max_causation_depth(5).build().unwrap();
+    d.drain().await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    let root = tx.record(Subject::new("echo", 1), "happened", Actor::system()).await.unwrap();
+    tx.commit().await.unwrap();
+    drain_until_settled(&d, 10).await;
+
+    let chain = store.feed().subject(&Subject::new("echo", 1)).limit(100).fetch().await.unwrap().events;
+    assert_eq!(chain.len(), 5, "the root and 4 caused events, then the loop stops");
+    assert!(chain.iter().all(|e| e.correlation_id == root.id), "one chain");
+    let dead = store.dead_letters(None).await.unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].event_id, chain[0].id, "the newest event's delivery is the one refused");
+    assert_eq!(dead[0].attempts, 1, "given up at once: retrying cannot help");
+    assert!(dead[0].last_error.contains("chain of 5 events"), "{}", dead[0].last_error);
+
+    assert!(matches!(
+        Dispatcher::builder(store.clone()).max_causation_depth(0).build().unwrap_err(),
+        herald::Error::InvalidConfig(_)
+    ));
+});

@@ -39,6 +39,12 @@
 //! dead-lettered, so one poison event cannot loop forever. Attempts are only counted
 //! when a handler fails, never when it is claimed.
 //!
+//! **Feedback loops.** An inbox's follow-up events (recorded through
+//! [`Context`]) carry the delivered event as their cause. Before the first of them is
+//! written, the chain of causes is measured (one recursive primary-key walk); past
+//! [`DispatcherBuilder::max_causation_depth`] the record fails with
+//! [`Error::CausationTooDeep`], which gives the delivery up at once.
+//!
 //! **Wake-ups.** A commit that recorded events wakes this process's dispatchers at
 //! once and, on PostgreSQL, other processes through `LISTEN`/`NOTIFY` (sent after the
 //! commit, outside the transaction, at most one per 5 ms per store: the first commit
@@ -200,6 +206,7 @@ pub struct DispatcherBuilder {
     poll_interval: Duration,
     batch_size: usize,
     max_lease_expiries: u32,
+    max_causation_depth: u32,
     dead_retention: Option<Duration>,
     worker_id: Option<String>,
 }
@@ -245,6 +252,16 @@ impl DispatcherBuilder {
         self
     }
 
+    /// The longest chain of events, each caused by the one before, that inboxes may
+    /// build through [`Context::begin`] / [`Context::record`] (default 32). Recording
+    /// one more fails with [`Error::CausationTooDeep`] and that delivery is
+    /// dead-lettered at once: an inbox that keeps triggering itself stops after
+    /// `n` events instead of running forever. Must be at least 1.
+    pub fn max_causation_depth(mut self, n: u32) -> Self {
+        self.max_causation_depth = n;
+        self
+    }
+
     /// Deletes dead letters older than this while running (default: kept).
     pub fn dead_retention(mut self, keep: Duration) -> Self {
         self.dead_retention = Some(keep);
@@ -276,6 +293,9 @@ impl DispatcherBuilder {
         if self.lease < Duration::from_millis(100) || self.max_lease_expiries == 0 {
             return Err(Error::InvalidConfig("lease must be at least 100 ms and max_lease_expiries at least 1".into()));
         }
+        if self.max_causation_depth == 0 {
+            return Err(Error::InvalidConfig("max_causation_depth must be at least 1".into()));
+        }
         let me = self.worker_id.unwrap_or_else(|| format!("{}-{:08x}", std::process::id(), random() as u32));
         Ok(Dispatcher {
             inner: Arc::new(Inner {
@@ -287,6 +307,7 @@ impl DispatcherBuilder {
                 poll_interval: self.poll_interval,
                 batch_size: self.batch_size,
                 max_lease_expiries: self.max_lease_expiries,
+                max_causation_depth: self.max_causation_depth,
                 dead_retention: self.dead_retention,
                 me,
                 careful: Mutex::default(),
@@ -324,6 +345,7 @@ struct Inner {
     poll_interval: Duration,
     batch_size: usize,
     max_lease_expiries: u32,
+    max_causation_depth: u32,
     dead_retention: Option<Duration>,
     me: String,
     /// Inboxes taken over from a crashed worker: events left to deliver one at a time.
@@ -362,6 +384,7 @@ impl Dispatcher {
             poll_interval: Duration::from_secs(1),
             batch_size: 100,
             max_lease_expiries: 3,
+            max_causation_depth: crate::inbox::DEFAULT_MAX_CAUSATION_DEPTH,
             dead_retention: None,
             worker_id: None,
         }
@@ -694,7 +717,8 @@ impl Dispatcher {
     async fn deliver(&self, def: &'static InboxDef, events: Vec<Event>, attempts: u32) -> (u64, Vec<Failure>) {
         let inner = &self.inner;
         let jobs = events.into_iter().filter(|e| def.filter.is_none_or(|f| f(e))).map(|event| {
-            let cx = Context::new(inner.store.clone(), inner.resources.clone(), def.name, event.clone(), attempts + 1);
+            let cx = Context::new(inner.store.clone(), inner.resources.clone(), def.name, event.clone(), attempts + 1)
+                .with_max_causation_depth(inner.max_causation_depth);
             (event.id, async move { (def.handler)(&event, &cx).await })
         });
         let work = crate::concurrent::run_limited(jobs, inner.concurrency);

@@ -142,6 +142,24 @@ pub enum Error {
         second: String,
     },
 
+    /// An inbox tried to record an event whose chain of causes would grow past the
+    /// limit ([`DispatcherBuilder::max_causation_depth`](crate::DispatcherBuilder::max_causation_depth)):
+    /// most likely an inbox that records events it receives itself, forever. The
+    /// delivery is dead-lettered at once (retrying cannot help).
+    #[error(
+        "event {cause} already ends a chain of {max} events each caused by the one before (correlation {correlation}); \
+         refusing to extend it: is an inbox recording events that trigger it again? \
+         (raise max_causation_depth if the chain is meant to be this long)"
+    )]
+    CausationTooDeep {
+        /// The event that would have caused the new one.
+        cause: crate::EventId,
+        /// The chain's correlation id (its root event).
+        correlation: crate::EventId,
+        /// The limit.
+        max: u32,
+    },
+
     /// No inbox of the dispatcher's registry has this name.
     #[error("no registered inbox is named `{0}`")]
     UnknownInbox(String),

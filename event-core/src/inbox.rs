@@ -196,7 +196,9 @@ impl InboxError {
     }
 }
 
-impl<E: std::error::Error> From<E> for InboxError {
+impl<E: std::error::Error + 'static> From<E> for InboxError {
+    /// Any error becomes a retry with its message (and its sources'), except
+    /// [`Error::CausationTooDeep`], which no retry can fix: that one gives up.
     fn from(e: E) -> Self {
         let mut message = e.to_string();
         let mut source = e.source();
@@ -205,7 +207,10 @@ impl<E: std::error::Error> From<E> for InboxError {
             message.push_str(&s.to_string());
             source = s.source();
         }
-        InboxError::retry(message)
+        let hopeless = (&e as &dyn std::any::Any)
+            .downcast_ref::<Error>()
+            .is_some_and(|e| matches!(e, Error::CausationTooDeep { .. }));
+        if hopeless { InboxError::give_up(message) } else { InboxError::retry(message) }
     }
 }
 
@@ -254,12 +259,23 @@ pub struct Context {
     inbox: &'static str,
     trigger: Event,
     attempt: u32,
+    max_causation_depth: u32,
 }
+
+/// The longest chain of events each caused by the one before that inboxes may build
+/// (see [`DispatcherBuilder::max_causation_depth`](crate::DispatcherBuilder::max_causation_depth)).
+pub const DEFAULT_MAX_CAUSATION_DEPTH: u32 = 32;
 
 impl Context {
     /// A context for delivering `trigger` to `inbox` (attempt 1 is the first try).
     pub fn new(store: Store, resources: Arc<Resources>, inbox: &'static str, trigger: Event, attempt: u32) -> Self {
-        Context { store, resources, inbox, trigger, attempt }
+        Context { store, resources, inbox, trigger, attempt, max_causation_depth: DEFAULT_MAX_CAUSATION_DEPTH }
+    }
+
+    /// The same context with another causation-depth limit.
+    pub(crate) fn with_max_causation_depth(mut self, max: u32) -> Self {
+        self.max_causation_depth = max;
+        self
     }
 
     /// The resource of type `T` given to the dispatcher builder.
@@ -296,9 +312,14 @@ impl Context {
 
     /// Begins a transaction whose recorded events are caused by the triggering event
     /// (causation id = its id, correlation id = its correlation id).
+    ///
+    /// Recording in it fails with [`Error::CausationTooDeep`] when the triggering
+    /// event already ends a chain of as many caused events as the dispatcher allows
+    /// (32 by default): the guard against an inbox that, directly or through others,
+    /// keeps triggering itself.
     pub async fn begin(&self) -> Result<Transaction<'static>, Error> {
         let mut tx = self.store.begin().await?;
-        tx.set_cause(&self.trigger);
+        tx.set_cause(&self.trigger, self.max_causation_depth);
         Ok(tx)
     }
 

@@ -342,7 +342,17 @@ pub struct Transaction<'c> {
     /// A savepoint: its commit makes nothing visible yet.
     nested: bool,
     /// The event that caused this transaction's events (set by inbox contexts).
-    cause: Option<(EventId, EventId)>,
+    cause: Option<Cause>,
+}
+
+/// The default cause of a transaction's events, and the causation-chain limit still
+/// to check before the first of them is written.
+#[derive(Debug, Clone, Copy)]
+struct Cause {
+    id: EventId,
+    correlation: EventId,
+    /// `Some(max)` until the chain ending at `id` was measured against `max`.
+    unchecked_limit: Option<u32>,
 }
 
 #[derive(Debug)]
@@ -446,23 +456,42 @@ impl<'c> Transaction<'c> {
         Ok(())
     }
 
-    /// Makes `cause` the default cause of every event recorded in this transaction.
-    pub(crate) fn set_cause(&mut self, cause: &Event) {
-        self.cause = Some((cause.id, cause.correlation_id));
+    /// Makes `cause` the default cause of every event recorded in this transaction,
+    /// refusing to record once the chain of causes would grow past `max_depth` events.
+    pub(crate) fn set_cause(&mut self, cause: &Event, max_depth: u32) {
+        self.cause = Some(Cause { id: cause.id, correlation: cause.correlation_id, unchecked_limit: Some(max_depth) });
     }
 
     /// Applies the transaction's default cause to an event that names none.
     fn caused(&self, mut event: NewEvent) -> NewEvent {
-        if let (None, Some((causation, correlation))) = (event.causation_id, self.cause) {
-            event.causation_id = Some(causation);
-            event.correlation_id = Some(correlation);
+        if let (None, Some(cause)) = (event.causation_id, self.cause) {
+            event.causation_id = Some(cause.id);
+            event.correlation_id = Some(cause.correlation);
         }
         event
+    }
+
+    /// Before the first caused write: the chain of causes ending at the cause must be
+    /// shorter than the limit, or an inbox is most likely triggering itself forever.
+    /// One statement walking the chain by primary key, at most `limit` steps.
+    async fn check_cause_depth(&mut self) -> Result<()> {
+        let Some(cause) = self.cause else { return Ok(()) };
+        let Some(limit) = cause.unchecked_limit else { return Ok(()) };
+        let depth = match &mut self.inner {
+            TxInner::Sqlite(tx) => sqlite::cause_depth(tx, cause.id, limit).await?,
+            TxInner::Postgres(tx) => postgres::cause_depth(tx, cause.id, limit).await?,
+        };
+        if depth >= limit {
+            return Err(Error::CausationTooDeep { cause: cause.id, correlation: cause.correlation, max: limit });
+        }
+        self.cause = Some(Cause { unchecked_limit: None, ..cause });
+        Ok(())
     }
 
     /// Writes one validated event; returns it as stored.
     pub(crate) async fn insert(&mut self, event: NewEvent) -> Result<Event> {
         event.validate()?;
+        self.check_cause_depth().await?;
         let event = self.caused(event);
         self.recorded.store(true, Ordering::Relaxed);
         match &mut self.inner {
@@ -474,6 +503,7 @@ impl<'c> Transaction<'c> {
     /// Writes `event` unless one with the same subject and action exists within `window`.
     pub(crate) async fn insert_throttled(&mut self, event: NewEvent, window: Duration) -> Result<Option<Event>> {
         event.validate()?;
+        self.check_cause_depth().await?;
         let event = self.caused(event);
         self.recorded.store(true, Ordering::Relaxed);
         let window = chrono::Duration::from_std(window).map_err(|_| Error::ThrottleTooLong(window))?;
@@ -497,6 +527,7 @@ impl<'c> Transaction<'c> {
     /// Compare-and-swap of the state plus the `status_changed` event, atomically;
     /// `None` (and nothing written) when the state was no longer `swap.from`.
     pub(crate) async fn swap_state(&mut self, swap: Swap, event: NewEvent) -> Result<Option<Event>> {
+        self.check_cause_depth().await?;
         let event = self.caused(event);
         self.recorded.store(true, Ordering::Relaxed);
         match &mut self.inner {
@@ -534,6 +565,7 @@ impl<'c> Transaction<'c> {
         if events.is_empty() {
             return Ok(Vec::new());
         }
+        self.check_cause_depth().await?;
         self.recorded.store(true, Ordering::Relaxed);
         match &mut self.inner {
             TxInner::Sqlite(tx) => sqlite::insert_all(tx, &events).await,

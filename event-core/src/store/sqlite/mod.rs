@@ -209,3 +209,20 @@ pub(super) async fn swap_state(conn: &mut SqliteConnection, swap: Swap, event: N
     Ok(Some(recorded))
 }
 pub(crate) mod dispatch;
+
+/// How many events the chain of causes ending at `id` holds, counting at most `limit` + 1.
+pub(super) async fn cause_depth(conn: &mut SqliteConnection, id: EventId, limit: u32) -> Result<u32> {
+    let depth: Option<i64> = sqlx::query_scalar(
+        "WITH RECURSIVE chain (causation_id, depth) AS ( \
+             SELECT causation_id, 1 FROM herald_events WHERE id = ?1 \
+             UNION ALL \
+             SELECT e.causation_id, c.depth + 1 FROM herald_events e JOIN chain c ON e.id = c.causation_id \
+             WHERE c.depth <= ?2) \
+         SELECT max(depth) FROM chain",
+    )
+    .bind(id.0)
+    .bind(i64::from(limit))
+    .fetch_one(conn)
+    .await?;
+    Ok(depth.unwrap_or(0) as u32)
+}
