@@ -24,7 +24,7 @@ pub struct TransitionRule<S: 'static> {
 }
 
 /// A guard: decides, when a transition is persisted, whether it may happen.
-/// Returning `Err(reason)` refuses it with [`TransitionError::GuardRejected`](crate::TransitionError).
+/// Returning `Err(reason)` refuses it with [`Error::GuardRejected`](crate::Error::GuardRejected).
 pub type Guard<S> = fn(&GuardInput<'_, S>) -> Result<(), String>;
 
 /// What a guard sees.
