@@ -322,7 +322,14 @@ where
         q.push(" AND (created_at, id) < (").push_bind(time(c.created_at()?));
         q.push(", ").push_bind(c.id).push(")");
     }
-    q.push(" ORDER BY created_at DESC, id DESC LIMIT ").push_bind(i64::from(feed.limit) + 1);
+    // The limit is written into the SQL, not bound: with `LIMIT $n` PostgreSQL's
+    // generic plan assumes 10 % of the matching rows, looks far costlier than the
+    // custom plans, and so the statement was re-planned on every call (a page cost
+    // 0.30 instead of 0.25 ms at 100k+ events). A generic plan is safe here: every
+    // filter combination has one index that serves it whatever the values (subject
+    // or actor index, their third column covering time ranges and the cursor; the
+    // time index otherwise). `limit` is a checked integer, at most 1,000.
+    q.push(format_args!(" ORDER BY created_at DESC, id DESC LIMIT {}", i64::from(feed.limit) + 1));
     Ok(q)
 }
 

@@ -151,6 +151,9 @@ fn batch_query(prefix: &str, def: &InboxDef, after: Position, upto: Position, li
     q.push(" AND NOT pg_visible_in_snapshot(tx_id, COALESCE((SELECT start_snapshot FROM herald_inboxes WHERE name = ");
     q.push_bind(def.name).push("), '1:1:')::pg_snapshot)");
     crate::store::push_inbox_filter(&mut q, def);
+    // Bound, unlike the feed's literal limit (see `feed_query`): the plan must be made
+    // for each call's range. With a literal limit PostgreSQL switched to a generic
+    // plan, blind to the bounds, and noop dispatch fell from ~95k to ~16k deliveries/s.
     q.push(" ORDER BY tx_id, id LIMIT ").push_bind(limit as i64);
     q
 }
