@@ -80,8 +80,8 @@ fn config() -> Config {
     } else {
         Config {
             quick: false,
-            rounds: 8,
-            single_ops: 1500,
+            rounds: 12,
+            single_ops: 1000,
             batch_size: 1000,
             batches: 20,
             transition_ops: 1000,
@@ -98,7 +98,11 @@ fn config() -> Config {
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 /// The `q`-quantile (0..=1) of `v`, nearest rank.
@@ -123,7 +127,7 @@ async fn compare<B, BF, H, HF>(
     rounds: usize,
     mut baseline: B,
     mut herald: H,
-) -> Result<(f64, f64), BoxError>
+) -> Result<(Vec<f64>, Vec<f64>), BoxError>
 where
     B: FnMut() -> BF,
     BF: Future<Output = Result<usize, BoxError>>,
@@ -143,7 +147,7 @@ where
         }
         eprintln!("  [{label}] round {}: raw {:.0}/s, herald {:.0}/s", round + 1, base[round], ours[round]);
     }
-    Ok((median(base), median(ours)))
+    Ok((base, ours))
 }
 
 /// One line of a backend's table.
@@ -163,9 +167,19 @@ struct Report {
 }
 
 impl Report {
-    /// A throughput comparison: rates in operations/s, ratio Herald / baseline.
-    fn rate(&mut self, scenario: impl Into<String>, unit: &str, (b, h): (f64, f64), min_ratio: Option<f64>) {
-        let ratio = h / b;
+    /// A throughput comparison from per-round rates (operations/s), baseline and
+    /// Herald measured side by side in each round. Shows each side's median and the
+    /// median of the per-round ratios Herald / baseline: pairing the two runs of a
+    /// round cancels drift between rounds (a noisy neighbour, a checkpoint).
+    fn rate(
+        &mut self,
+        scenario: impl Into<String>,
+        unit: &str,
+        (base, ours): (Vec<f64>, Vec<f64>),
+        min_ratio: Option<f64>,
+    ) {
+        let ratio = median(ours.iter().zip(&base).map(|(h, b)| h / b).collect());
+        let (b, h) = (median(base), median(ours));
         self.push(Row {
             scenario: scenario.into(),
             baseline: format!("{b:.0} {unit}"),

@@ -14,7 +14,7 @@ use herald::prelude::*;
 use herald::{Dispatcher, NewEvent};
 use serde_json::json;
 
-use super::{Backend, BoxError, Config, Report, execute, inboxes, median, record_backlog};
+use super::{Backend, BoxError, Config, Report, execute, inboxes, record_backlog};
 
 macro_rules! noop_inboxes {
     ($($name:ident),* $(,)?) => {$(
@@ -177,13 +177,19 @@ pub(super) async fn run(backend: &Backend, cfg: &Config, report: &mut Report) ->
         let expected = n * k;
         let (mut base, mut ours) = (Vec::new(), Vec::new());
         for round in 0..cfg.dispatch_rounds {
-            let (done, took) = raw_round(store, k, expected).await?;
-            base.push(done as f64 / took.as_secs_f64());
-            let (delivered, took) = herald_round(store, k, expected).await?;
-            ours.push(delivered as f64 / took.as_secs_f64());
+            // Which side goes first alternates, as in `compare`.
+            for herald in if round % 2 == 0 { [false, true] } else { [true, false] } {
+                if herald {
+                    let (delivered, took) = herald_round(store, k, expected).await?;
+                    ours.push(delivered as f64 / took.as_secs_f64());
+                } else {
+                    let (done, took) = raw_round(store, k, expected).await?;
+                    base.push(done as f64 / took.as_secs_f64());
+                }
+            }
             eprintln!("  [{label}] round {}: raw {:.0}/s, herald {:.0}/s", round + 1, base[round], ours[round]);
         }
-        report.rate(label, "del/s", (median(base), median(ours)), Some(0.8));
+        report.rate(label, "del/s", (base, ours), Some(0.8));
     }
     db.close().await
 }
