@@ -627,15 +627,24 @@ impl Dispatcher {
         if known.is_some_and(|k| k.checkpoint >= horizon) {
             return Ok(Pass::default()); // checkpoints only move forward: nothing to do
         }
-        let lease = match known {
-            // Still ours for a good while: no need to ask the database again.
-            Some(Known { checkpoint, lease_until: Some(until) }) if until > t + chrono_of(inner.lease / 2) => {
+        // Released by this worker, most likely untouched since: take it back and read
+        // the batch in one statement (the wake-up path after a quiet spell).
+        let relet = match known {
+            Some(Known { checkpoint, lease_until: None }) => {
+                let (until, limit) = (t + chrono_of(inner.lease), self.batch_limit(def.name)?);
+                let batch = store.relet_and_read(def, &inner.me, checkpoint, t, until, horizon, limit).await?;
+                batch.map(|batch| (checkpoint, batch))
+            }
+            _ => None,
+        };
+        let mut prefetched = None;
+        let lease = match (known, relet) {
+            (_, Some((checkpoint, batch))) => {
+                prefetched = Some(batch);
                 Lease { checkpoint, crash_at: None, crashes: 0, taken_over: false }
             }
-            // Released by this worker, most likely untouched since: one statement.
-            Some(Known { checkpoint, lease_until: None })
-                if store.relet(def.name, &inner.me, checkpoint, t, t + chrono_of(inner.lease)).await? =>
-            {
+            // Still ours for a good while: no need to ask the database again.
+            (Some(Known { checkpoint, lease_until: Some(until) }), None) if until > t + chrono_of(inner.lease / 2) => {
                 Lease { checkpoint, crash_at: None, crashes: 0, taken_over: false }
             }
             _ => match store.lease_inbox(def.name, &inner.me, t, t + chrono_of(inner.lease)).await? {
@@ -648,20 +657,24 @@ impl Dispatcher {
             self.remember(def.name, released.then_some(Known { checkpoint: lease.checkpoint, lease_until: None }));
             return Ok(Pass::default());
         }
-        let careful = {
-            let mut careful = inner.careful.lock().map_err(|_| Error::InvalidConfig("poisoned lock".into()))?;
-            if lease.taken_over {
-                tracing::warn!(
-                    inbox = def.name,
-                    crashes = lease.crashes_here(),
-                    "herald: took over an expired lease (a worker crashed or hung); re-delivering one at a time"
-                );
-                careful.insert(def.name, inner.batch_size);
-            }
-            careful.get(def.name).copied().unwrap_or(0) > 0
-        };
+        if lease.taken_over {
+            tracing::warn!(
+                inbox = def.name,
+                crashes = lease.crashes_here(),
+                "herald: took over an expired lease (a worker crashed or hung); re-delivering one at a time"
+            );
+            inner
+                .careful
+                .lock()
+                .map_err(|_| Error::InvalidConfig("poisoned lock".into()))?
+                .insert(def.name, inner.batch_size);
+        }
+        let careful = self.careful(def.name)?;
         let limit = if careful { 1 } else { inner.batch_size };
-        let batch = store.read_batch(def, lease.checkpoint, horizon, limit).await?;
+        let batch = match prefetched {
+            Some(batch) => batch,
+            None => store.read_batch(def, lease.checkpoint, horizon, limit).await?,
+        };
         let to = match batch.last() {
             Some((pos, _)) if batch.len() == limit => *pos,
             _ => horizon,
@@ -700,6 +713,17 @@ impl Dispatcher {
             *left = left.saturating_sub(batch.len().max(1));
         }
         Ok(pass)
+    }
+
+    /// Whether `inbox` is re-delivering one event at a time after a takeover.
+    fn careful(&self, inbox: &'static str) -> Result<bool> {
+        let careful = self.inner.careful.lock().map_err(|_| Error::InvalidConfig("poisoned lock".into()))?;
+        Ok(careful.get(inbox).copied().unwrap_or(0) > 0)
+    }
+
+    /// Events to read in one batch: one at a time while careful.
+    fn batch_limit(&self, inbox: &'static str) -> Result<usize> {
+        Ok(if self.careful(inbox)? { 1 } else { self.inner.batch_size })
     }
 
     /// Records (or forgets) what this worker knows of an inbox's row.

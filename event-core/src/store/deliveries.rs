@@ -56,15 +56,20 @@ impl Store {
         on_backend!(self, lease_inbox(name, me, now, until))
     }
 
-    pub(crate) async fn relet(
+    /// Re-takes a lease this worker released (row untouched since) and reads the next
+    /// batch from its checkpoint; `None` if the row changed.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn relet_and_read(
         &self,
-        name: &str,
+        def: &InboxDef,
         me: &str,
         checkpoint: Position,
         now: DateTime<Utc>,
         until: DateTime<Utc>,
-    ) -> Result<bool> {
-        on_backend!(self, relet(name, me, checkpoint, now, until))
+        upto: Position,
+        limit: usize,
+    ) -> Result<Option<Vec<(Position, Event)>>> {
+        on_backend!(self, relet_and_read(def, me, checkpoint, now, until, upto, limit))
     }
 
     pub(crate) async fn read_batch(

@@ -116,45 +116,60 @@ pub(crate) async fn lease_inbox(
     Ok((taken.rows_affected() == 1).then_some(lease))
 }
 
-/// Takes an unowned lease back in one statement, if the row is exactly as this worker
-/// left it (unowned, same checkpoint): no crash to account for.
-pub(crate) async fn relet(
+/// Takes an unowned lease back, if the row is exactly as this worker left it
+/// (unowned, same checkpoint: no crash to account for), and reads the next batch, in
+/// one statement and one round trip. `None` (and nothing written) if the row changed.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn relet_and_read(
     pool: &PgPool,
-    name: &str,
+    def: &InboxDef,
     me: &str,
     checkpoint: Position,
     now: DateTime<Utc>,
     until: DateTime<Utc>,
-) -> Result<bool> {
-    let done = sqlx::query(
-        "UPDATE herald_inboxes SET lease_owner = $1, lease_until = $2, updated_at = $3 \
-         WHERE name = $4 AND lease_owner IS NULL AND checkpoint_tx = $5 AND checkpoint_id = $6",
-    )
-    .bind(me)
-    .bind(until)
-    .bind(now)
-    .bind(name)
-    .bind(checkpoint.tx)
-    .bind(checkpoint.id)
-    .execute(pool)
-    .await?;
-    Ok(done.rows_affected() == 1)
+    upto: Position,
+    limit: usize,
+) -> Result<Option<Vec<(Position, Event)>>> {
+    let mut q = QueryBuilder::<Postgres>::new("WITH lease AS (UPDATE herald_inboxes SET lease_owner = ");
+    q.push_bind(me).push(", lease_until = ").push_bind(until).push(", updated_at = ").push_bind(now);
+    q.push(" WHERE name = ").push_bind(def.name).push(" AND lease_owner IS NULL AND checkpoint_tx = ");
+    q.push_bind(checkpoint.tx).push(" AND checkpoint_id = ").push_bind(checkpoint.id).push(" RETURNING 1) ");
+    q.push("SELECT l.leased, b.* FROM (SELECT count(*) AS leased FROM lease) AS l LEFT JOIN LATERAL (");
+    push_batch(&mut q, def, checkpoint, upto, limit);
+    q.push(") AS b ON l.leased = 1");
+    let rows = q.build().fetch_all(pool).await?;
+    if rows.first().map(|r| r.try_get::<i64, _>("leased")).transpose()? != Some(1) {
+        return Ok(None);
+    }
+    let mut batch = Vec::with_capacity(rows.len());
+    for r in &rows {
+        // No event after the checkpoint: the one row the join keeps has NULL columns.
+        if r.try_get::<Option<i64>, _>("id")?.is_some() {
+            let e = decode(r)?;
+            batch.push((Position { tx: r.try_get("pos_tx")?, id: e.id.0 }, e));
+        }
+    }
+    Ok(Some(batch))
 }
 
-/// The next batch of `def` after `after`, up to `upto`, in commit order.
-fn batch_query(prefix: &str, def: &InboxDef, after: Position, upto: Position, limit: usize) -> QueryBuilder<Postgres> {
-    let mut q = QueryBuilder::<Postgres>::new(format!(
-        "{prefix}SELECT {EVENT_COLUMNS}, tx_id::text::bigint AS pos_tx FROM herald_events WHERE (tx_id, id) > ("
-    ));
+/// Appends the next batch of `def` after `after`, up to `upto`, in commit order.
+fn push_batch(q: &mut QueryBuilder<Postgres>, def: &InboxDef, after: Position, upto: Position, limit: usize) {
+    q.push(format!("SELECT {EVENT_COLUMNS}, tx_id::text::bigint AS pos_tx FROM herald_events WHERE (tx_id, id) > ("));
     q.push_bind(after.tx).push("::text::xid8, ").push_bind(after.id).push(") AND (tx_id, id) <= (");
     q.push_bind(upto.tx).push("::text::xid8, ").push_bind(upto.id).push(")");
     q.push(" AND NOT pg_visible_in_snapshot(tx_id, COALESCE((SELECT start_snapshot FROM herald_inboxes WHERE name = ");
     q.push_bind(def.name).push("), '1:1:')::pg_snapshot)");
-    crate::store::push_inbox_filter(&mut q, def);
+    crate::store::push_inbox_filter(q, def);
     // Bound, unlike the feed's literal limit (see `feed_query`): the plan must be made
     // for each call's range. With a literal limit PostgreSQL switched to a generic
     // plan, blind to the bounds, and noop dispatch fell from ~95k to ~16k deliveries/s.
     q.push(" ORDER BY tx_id, id LIMIT ").push_bind(limit as i64);
+}
+
+/// The next batch of `def` after `after`, up to `upto`, in commit order.
+fn batch_query(prefix: &str, def: &InboxDef, after: Position, upto: Position, limit: usize) -> QueryBuilder<Postgres> {
+    let mut q = QueryBuilder::<Postgres>::new(prefix);
+    push_batch(&mut q, def, after, upto, limit);
     q
 }
 

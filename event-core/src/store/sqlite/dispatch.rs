@@ -88,7 +88,7 @@ pub(crate) async fn lease_inbox(
 
 /// Takes an unowned lease back in one statement, if the row is exactly as this worker
 /// left it (unowned, same checkpoint): no crash to account for.
-pub(crate) async fn relet(
+async fn relet(
     pool: &SqlitePool,
     name: &str,
     me: &str,
@@ -109,6 +109,26 @@ pub(crate) async fn relet(
     .execute(pool)
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// Takes an unowned lease back (see [`relet`]) and, if that worked, reads the next
+/// batch. Two statements here; each is a hand-off to sqlx's SQLite thread, not a
+/// network round trip.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn relet_and_read(
+    pool: &SqlitePool,
+    def: &InboxDef,
+    me: &str,
+    checkpoint: Position,
+    now: DateTime<Utc>,
+    until: DateTime<Utc>,
+    upto: Position,
+    limit: usize,
+) -> Result<Option<Vec<(Position, Event)>>> {
+    if !relet(pool, def.name, me, checkpoint, now, until).await? {
+        return Ok(None);
+    }
+    read_batch(pool, def, checkpoint, upto, limit).await.map(Some)
 }
 
 /// The next batch of `def` after `after`, up to `upto`, in commit (id) order.
