@@ -724,3 +724,50 @@ backend_test!(an_inbox_that_triggers_itself_stops_at_the_causation_limit, |store
         herald::Error::InvalidConfig(_)
     ));
 });
+
+// ---- bookkeeping writes ---------------------------------------------------------------------
+
+// After a wake-up, an inbox the new events do not concern moves its checkpoint in one
+// write (no lease taken and given back); an inbox with work takes the lease with its
+// batch read and moves the checkpoint once more after delivering.
+#[tokio::test]
+async fn an_unconcerned_inbox_costs_one_write_per_wake_up_postgres() {
+    let Some(db) = common::TestDb::postgres().await else { return };
+    let store = db.store.clone();
+    create_handled(&store).await;
+    for sql in [
+        "CREATE TABLE inbox_writes (name TEXT NOT NULL)",
+        "CREATE FUNCTION note_inbox_write() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN INSERT INTO inbox_writes VALUES (NEW.name); RETURN NEW; END $$",
+        "CREATE TRIGGER inbox_writes AFTER UPDATE ON herald_inboxes FOR EACH ROW EXECUTE FUNCTION note_inbox_write()",
+    ] {
+        execute(&store, sql).await.unwrap();
+    }
+    let d = dispatcher(&store, "fan_").await;
+    d.drain().await.unwrap(); // every inbox leased once, checkpoint at the head, released
+    execute(&store, "DELETE FROM inbox_writes").await.unwrap();
+
+    for n in 0..3 {
+        let mut tx = store.begin().await.unwrap();
+        tx.record(Subject::new("fan", n), "posted", Actor::system()).await.unwrap();
+        tx.commit().await.unwrap();
+        d.drain().await.unwrap();
+    }
+    let writes = |name: &'static str| {
+        let store = store.clone();
+        async move {
+            let sql = "SELECT count(*) FROM inbox_writes WHERE name LIKE '%' || $1";
+            let n: i64 = sqlx::query_scalar(sql).bind(name).fetch_one(store.postgres_pool().unwrap()).await.unwrap();
+            n
+        }
+    };
+    assert_eq!(writes("fan_other").await, 3, "one write per wake-up for events of another subject");
+    assert_eq!(writes("fan_mail").await, 6, "lease with the read, then the checkpoint after delivery");
+    assert_eq!(handled(&store).await.iter().filter(|h| h.0 == "fan_mail").count(), 3);
+    let (checkpoints, leased): (i64, i64) =
+        sqlx::query_as("SELECT count(DISTINCT (checkpoint_tx, checkpoint_id)), count(lease_owner) FROM herald_inboxes")
+            .fetch_one(store.postgres_pool().unwrap())
+            .await
+            .unwrap();
+    assert_eq!((checkpoints, leased), (1, 0), "every inbox at the head, no lease held");
+}

@@ -136,6 +136,17 @@ pub(crate) struct Failure {
     pub(crate) dead: bool,
 }
 
+/// What re-taking a released lease found.
+#[derive(Debug)]
+pub(crate) enum Relet {
+    /// The row changed since this worker released it: take the lease the long way.
+    Changed,
+    /// Nothing for the inbox up to the horizon: the checkpoint moved there, no lease kept.
+    Advanced,
+    /// Leased, with the next batch.
+    Leased(Vec<(Position, Event)>),
+}
+
 /// A retry claimed by this worker.
 #[derive(Debug)]
 pub(crate) struct Claimed {
@@ -632,8 +643,14 @@ impl Dispatcher {
         let relet = match known {
             Some(Known { checkpoint, lease_until: None }) => {
                 let (until, limit) = (t + chrono_of(inner.lease), self.batch_limit(def.name)?);
-                let batch = store.relet_and_read(def, &inner.me, checkpoint, t, until, horizon, limit).await?;
-                batch.map(|batch| (checkpoint, batch))
+                match store.relet_and_read(def, &inner.me, checkpoint, t, until, horizon, limit).await? {
+                    Relet::Changed => None,
+                    Relet::Advanced => {
+                        self.remember(def.name, Some(Known { checkpoint: horizon, lease_until: None }));
+                        return Ok(Pass::default());
+                    }
+                    Relet::Leased(batch) => Some((checkpoint, batch)),
+                }
             }
             _ => None,
         };

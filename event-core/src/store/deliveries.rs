@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 
 use super::{Pool, Store, postgres, sqlite};
-use crate::dispatch::{Claimed, DeadLetter, Failure, Horizon, Lease, Position};
+use crate::dispatch::{Claimed, DeadLetter, Failure, Horizon, Lease, Position, Relet};
 use crate::error::Result;
 use crate::inbox::InboxDef;
 use crate::model::Event;
@@ -57,7 +57,8 @@ impl Store {
     }
 
     /// Re-takes a lease this worker released (row untouched since) and reads the next
-    /// batch from its checkpoint; `None` if the row changed.
+    /// batch from its checkpoint; with nothing for the inbox, moves the checkpoint to
+    /// `upto` instead and keeps no lease.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn relet_and_read(
         &self,
@@ -68,7 +69,7 @@ impl Store {
         until: DateTime<Utc>,
         upto: Position,
         limit: usize,
-    ) -> Result<Option<Vec<(Position, Event)>>> {
+    ) -> Result<Relet> {
         on_backend!(self, relet_and_read(def, me, checkpoint, now, until, upto, limit))
     }
 

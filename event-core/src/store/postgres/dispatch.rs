@@ -11,7 +11,7 @@ use sqlx::postgres::PgPool;
 use sqlx::{Postgres, QueryBuilder, Row};
 
 use super::{EVENT_COLUMNS, decode};
-use crate::dispatch::{Claimed, DeadLetter, Failure, Horizon, Lease, LeaseRow, Position};
+use crate::dispatch::{Claimed, DeadLetter, Failure, Horizon, Lease, LeaseRow, Position, Relet};
 use crate::error::{Error, Result};
 use crate::inbox::InboxDef;
 use crate::model::{Event, EventId};
@@ -118,7 +118,9 @@ pub(crate) async fn lease_inbox(
 
 /// Takes an unowned lease back, if the row is exactly as this worker left it
 /// (unowned, same checkpoint: no crash to account for), and reads the next batch, in
-/// one statement and one round trip. `None` (and nothing written) if the row changed.
+/// one statement and one round trip. When nothing is there for the inbox up to
+/// `upto`, the same statement moves the checkpoint to `upto` and keeps no lease: an
+/// inbox the new events do not concern costs one write, not a lease and a release.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn relet_and_read(
     pool: &PgPool,
@@ -129,27 +131,32 @@ pub(crate) async fn relet_and_read(
     until: DateTime<Utc>,
     upto: Position,
     limit: usize,
-) -> Result<Option<Vec<(Position, Event)>>> {
-    let mut q = QueryBuilder::<Postgres>::new("WITH lease AS (UPDATE herald_inboxes SET lease_owner = ");
-    q.push_bind(me).push(", lease_until = ").push_bind(until).push(", updated_at = ").push_bind(now);
+) -> Result<Relet> {
+    let mut q = QueryBuilder::<Postgres>::new("WITH batch AS (");
+    push_batch(&mut q, def, checkpoint, upto, limit);
+    q.push("), lease AS (UPDATE herald_inboxes SET lease_owner = CASE WHEN EXISTS (SELECT 1 FROM batch) THEN ");
+    q.push_bind(me).push(" END, lease_until = CASE WHEN EXISTS (SELECT 1 FROM batch) THEN ").push_bind(until);
+    q.push(" END, checkpoint_tx = CASE WHEN EXISTS (SELECT 1 FROM batch) THEN checkpoint_tx ELSE ").push_bind(upto.tx);
+    q.push(" END, checkpoint_id = CASE WHEN EXISTS (SELECT 1 FROM batch) THEN checkpoint_id ELSE ").push_bind(upto.id);
+    q.push(" END, updated_at = ").push_bind(now);
     q.push(" WHERE name = ").push_bind(def.name).push(" AND lease_owner IS NULL AND checkpoint_tx = ");
     q.push_bind(checkpoint.tx).push(" AND checkpoint_id = ").push_bind(checkpoint.id).push(" RETURNING 1) ");
-    q.push("SELECT l.leased, b.* FROM (SELECT count(*) AS leased FROM lease) AS l LEFT JOIN LATERAL (");
-    push_batch(&mut q, def, checkpoint, upto, limit);
-    q.push(") AS b ON l.leased = 1");
+    q.push(
+        "SELECT l.leased, b.* FROM (SELECT count(*) AS leased FROM lease) AS l LEFT JOIN batch AS b ON l.leased = 1",
+    );
     let rows = q.build().fetch_all(pool).await?;
     if rows.first().map(|r| r.try_get::<i64, _>("leased")).transpose()? != Some(1) {
-        return Ok(None);
+        return Ok(Relet::Changed);
     }
     let mut batch = Vec::with_capacity(rows.len());
     for r in &rows {
-        // No event after the checkpoint: the one row the join keeps has NULL columns.
+        // No event for the inbox: the one row the join keeps has NULL columns.
         if r.try_get::<Option<i64>, _>("id")?.is_some() {
             let e = decode(r)?;
             batch.push((Position { tx: r.try_get("pos_tx")?, id: e.id.0 }, e));
         }
     }
-    Ok(Some(batch))
+    Ok(if batch.is_empty() { Relet::Advanced } else { Relet::Leased(batch) })
 }
 
 /// Appends the next batch of `def` after `after`, up to `upto`, in commit order.

@@ -9,7 +9,7 @@ use sqlx::sqlite::SqlitePool;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{EVENT_COLUMNS, decode, decode_time, encode_time};
-use crate::dispatch::{Claimed, DeadLetter, Failure, Horizon, Lease, LeaseRow, Position};
+use crate::dispatch::{Claimed, DeadLetter, Failure, Horizon, Lease, LeaseRow, Position, Relet};
 use crate::error::{Error, Result};
 use crate::inbox::InboxDef;
 use crate::model::{Event, EventId};
@@ -111,9 +111,10 @@ async fn relet(
     Ok(done.rows_affected() == 1)
 }
 
-/// Takes an unowned lease back (see [`relet`]) and, if that worked, reads the next
-/// batch. Two statements here; each is a hand-off to sqlx's SQLite thread, not a
-/// network round trip.
+/// Takes an unowned lease back (see [`relet`]) and reads the next batch; with nothing
+/// for the inbox up to `upto`, moves the checkpoint there and lets the lease go. The
+/// same contract as PostgreSQL's one statement, here in up to three (each a hand-off
+/// to sqlx's SQLite thread, not a network round trip).
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn relet_and_read(
     pool: &SqlitePool,
@@ -124,11 +125,15 @@ pub(crate) async fn relet_and_read(
     until: DateTime<Utc>,
     upto: Position,
     limit: usize,
-) -> Result<Option<Vec<(Position, Event)>>> {
+) -> Result<Relet> {
     if !relet(pool, def.name, me, checkpoint, now, until).await? {
-        return Ok(None);
+        return Ok(Relet::Changed);
     }
-    read_batch(pool, def, checkpoint, upto, limit).await.map(Some)
+    let batch = read_batch(pool, def, checkpoint, upto, limit).await?;
+    if !batch.is_empty() {
+        return Ok(Relet::Leased(batch));
+    }
+    Ok(if advance(pool, def.name, me, upto, None, &[], now).await? { Relet::Advanced } else { Relet::Changed })
 }
 
 /// The next batch of `def` after `after`, up to `upto`, in commit (id) order.
