@@ -18,7 +18,9 @@
 //! **Write cost per event**: zero rows for a successful delivery. Recording writes only
 //! the event; each inbox writes one checkpoint `UPDATE` per batch (up to
 //! [`DispatcherBuilder::batch_size`] events); a failed delivery writes one row, and
-//! one more per retry. Bookkeeping is O(inboxes + deliveries in trouble): successes
+//! one more per retry. Waking from idle, an inbox re-takes its lease in the statement
+//! that reads its batch (PostgreSQL); if the new events are not for it, that same
+//! statement moves its checkpoint and takes no lease: one write per wake-up. Bookkeeping is O(inboxes + deliveries in trouble): successes
 //! leave nothing behind, and dead letters are pruned with [`Store::prune_dead`]
 //! (or [`DispatcherBuilder::dead_retention`]). Events themselves are kept.
 //!
