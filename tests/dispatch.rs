@@ -300,6 +300,20 @@ async fn wake_listener(event: &Event, cx: &Context) -> Result<(), InboxError> {
     Ok(note(cx.store(), "wake_listener", event, cx.attempt()).await?)
 }
 
+/// The `wake_` inbox's dispatcher, caught up and running in the background, with a
+/// 60 s poll interval: only wake-ups can move it in a test's time.
+async fn start_wake_dispatcher(
+    store: &Store,
+) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<herald::Result<()>>) {
+    let d = Dispatcher::builder(store.clone())
+        .registry(only("wake_"))
+        .poll_interval(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    d.drain().await.unwrap();
+    start(d)
+}
+
 /// Records one event through `writer` and waits (up to 5 s) for the inbox to see it.
 async fn time_to_delivery(writer: &Store, reader: &Store, n: usize) -> Duration {
     let start = Instant::now();
@@ -315,13 +329,7 @@ async fn time_to_delivery(writer: &Store, reader: &Store, n: usize) -> Duration 
 
 backend_test!(commits_wake_the_dispatcher_without_polling, |store| async move {
     create_handled(&store).await;
-    let d = Dispatcher::builder(store.clone())
-        .registry(only("wake_"))
-        .poll_interval(Duration::from_secs(60))
-        .build()
-        .unwrap();
-    d.drain().await.unwrap();
-    let (stop, run) = start(d);
+    let (stop, run) = start_wake_dispatcher(&store).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     for n in 1..=3 {
         let took = time_to_delivery(&store, &store, n).await;
@@ -346,13 +354,7 @@ async fn notify_wakes_other_processes_and_survives_a_dropped_listener_postgres()
     let store = db.store.clone();
     create_handled(&store).await;
     let writer = second_store(&db).await;
-    let d = Dispatcher::builder(store.clone())
-        .registry(only("wake_"))
-        .poll_interval(Duration::from_secs(60))
-        .build()
-        .unwrap();
-    d.drain().await.unwrap();
-    let (stop, run) = start(d);
+    let (stop, run) = start_wake_dispatcher(&store).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let took = time_to_delivery(&writer, &store, 1).await;
     assert!(took < Duration::from_secs(2), "NOTIFY delivery took {took:?}");
@@ -388,13 +390,7 @@ async fn a_burst_of_commits_shares_notifies_and_is_delivered_in_full_postgres() 
     let store = db.store.clone();
     create_handled(&store).await;
     let writer = second_store(&db).await;
-    let d = Dispatcher::builder(store.clone())
-        .registry(only("wake_"))
-        .poll_interval(Duration::from_secs(60))
-        .build()
-        .unwrap();
-    d.drain().await.unwrap();
-    let (stop, run) = start(d);
+    let (stop, run) = start_wake_dispatcher(&store).await;
     // Count what the channel carries, as any other process would see it.
     let schema: String =
         sqlx::query_scalar("SELECT current_schema()").fetch_one(store.postgres_pool().unwrap()).await.unwrap();
