@@ -24,7 +24,12 @@ impl<F: Future> Future for CatchUnwind<F> {
     }
 }
 
-fn panic_text(payload: Box<dyn Any + Send>) -> String {
+/// Runs `future`, returning its output, or the panic message if it panicked.
+pub(crate) async fn catch_unwind<F: Future>(future: F) -> Result<F::Output, String> {
+    CatchUnwind(Box::pin(future)).await
+}
+
+pub(crate) fn panic_text(payload: Box<dyn Any + Send>) -> String {
     payload
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())

@@ -66,7 +66,7 @@ use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
 use crate::inbox::{Context, InboxDef, InboxError, Outcome, Registry, Resources, StartFrom};
-use crate::model::{Event, EventId, now};
+use crate::model::{Event, EventId, now, time_after};
 use crate::store::Store;
 
 /// A position in the commit order of events: `(transaction, id)` on PostgreSQL,
@@ -146,15 +146,21 @@ pub(crate) enum Relet {
     /// Nothing for the inbox up to the horizon: the checkpoint moved there, no lease kept.
     Advanced,
     /// Leased, with the next batch.
-    Leased(Vec<(Position, Event)>),
+    Leased(Batch),
 }
+
+/// Events read for an inbox, in commit order: each decoded alone, so one unreadable
+/// row is dead-lettered while the rest are delivered.
+pub(crate) type Batch = Vec<(Position, Result<Event>)>;
 
 /// A retry claimed by this worker.
 #[derive(Debug)]
 pub(crate) struct Claimed {
     pub(crate) id: i64,
     pub(crate) inbox: String,
-    pub(crate) event: Event,
+    pub(crate) event_id: EventId,
+    /// The event, or why it cannot be read.
+    pub(crate) event: Result<Event>,
     pub(crate) attempts: u32,
     pub(crate) expiries: u32,
 }
@@ -207,6 +213,22 @@ pub struct Drained {
     pub failed: u64,
 }
 
+/// The most handlers of one inbox a dispatcher runs at once.
+pub const MAX_CONCURRENCY: usize = 10_000;
+/// The largest batch a dispatcher reads.
+pub const MAX_BATCH_SIZE: usize = 10_000;
+/// The shortest lease.
+pub const MIN_LEASE: Duration = Duration::from_millis(100);
+/// The longest lease (leases are renewed while handlers run, so a long handler
+/// needs no long lease).
+pub const MAX_LEASE: Duration = Duration::from_secs(3600);
+/// The shortest poll interval.
+pub const MIN_POLL_INTERVAL: Duration = Duration::from_millis(1);
+/// The longest poll interval.
+pub const MAX_POLL_INTERVAL: Duration = Duration::from_secs(3600);
+/// The longest causation chain a dispatcher may allow.
+pub const MAX_CAUSATION_DEPTH: u32 = 10_000;
+
 /// Configures a [`Dispatcher`]. See [`Dispatcher::builder`].
 #[derive(Debug)]
 #[must_use]
@@ -231,28 +253,31 @@ impl DispatcherBuilder {
         self
     }
 
-    /// Handlers of one inbox running at once (default 8). Inboxes run side by side,
-    /// each in a task of its own; a batch's handlers run concurrently inside it.
+    /// Handlers of one inbox running at once (default 8, at most [`MAX_CONCURRENCY`]).
+    /// Inboxes run side by side, each in a task of its own; a batch's handlers run
+    /// concurrently inside it.
     pub fn concurrency(mut self, n: usize) -> Self {
         self.concurrency = n;
         self
     }
 
-    /// How long a claim holds before another worker may take it over (default 30 s).
-    /// Leases are renewed while handlers run; keep it well above clock skew between hosts.
+    /// How long a claim holds before another worker may take it over (default 30 s;
+    /// [`MIN_LEASE`] to [`MAX_LEASE`]). Leases are renewed while handlers run; keep it
+    /// well above clock skew between hosts.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
         self
     }
 
-    /// How often to look for work without a wake-up (default 1 s). Wake-ups after
-    /// commits make delivery prompt; polling is the fallback.
+    /// How often to look for work without a wake-up (default 1 s; [`MIN_POLL_INTERVAL`]
+    /// to [`MAX_POLL_INTERVAL`]). Wake-ups after commits make delivery prompt; polling
+    /// is the fallback.
     pub fn poll_interval(mut self, every: Duration) -> Self {
         self.poll_interval = every;
         self
     }
 
-    /// Events per inbox batch, and retries per claim (default 100).
+    /// Events per inbox batch, and retries per claim (default 100, at most [`MAX_BATCH_SIZE`]).
     pub fn batch_size(mut self, n: usize) -> Self {
         self.batch_size = n;
         self
@@ -269,13 +294,16 @@ impl DispatcherBuilder {
     /// build through [`Context::begin`] / [`Context::record`] (default 32). Recording
     /// one more fails with [`Error::CausationTooDeep`] and that delivery is
     /// dead-lettered at once: an inbox that keeps triggering itself stops after
-    /// `n` events instead of running forever. Must be at least 1.
+    /// `n` events instead of running forever. 1 to [`MAX_CAUSATION_DEPTH`]. The store
+    /// handed to inboxes ([`Context::store`]) carries the same limit, so a handler's
+    /// own transaction with an explicit `caused_by` is held to it too.
     pub fn max_causation_depth(mut self, n: u32) -> Self {
         self.max_causation_depth = n;
         self
     }
 
-    /// Deletes dead letters older than this while running (default: kept).
+    /// Deletes dead letters older than this while running (default: kept). A
+    /// retention reaching back before the year 1 deletes nothing.
     pub fn dead_retention(mut self, keep: Duration) -> Self {
         self.dead_retention = Some(keep);
         self
@@ -300,19 +328,40 @@ impl DispatcherBuilder {
             Some(r) => r,
             None => Registry::collect()?,
         };
-        if self.concurrency == 0 || self.batch_size == 0 {
-            return Err(Error::InvalidConfig("concurrency and batch_size must be at least 1".into()));
-        }
-        if self.lease < Duration::from_millis(100) || self.max_lease_expiries == 0 {
-            return Err(Error::InvalidConfig("lease must be at least 100 ms and max_lease_expiries at least 1".into()));
-        }
-        if self.max_causation_depth == 0 {
-            return Err(Error::InvalidConfig("max_causation_depth must be at least 1".into()));
+        let checks = [
+            (
+                !(1..=MAX_CONCURRENCY).contains(&self.concurrency),
+                format!("concurrency must be 1 to {MAX_CONCURRENCY}, got {}", self.concurrency),
+            ),
+            (
+                !(1..=MAX_BATCH_SIZE).contains(&self.batch_size),
+                format!("batch_size must be 1 to {MAX_BATCH_SIZE}, got {}", self.batch_size),
+            ),
+            (
+                !(MIN_LEASE..=MAX_LEASE).contains(&self.lease),
+                format!("lease must be {MIN_LEASE:?} to {MAX_LEASE:?}, got {:?}", self.lease),
+            ),
+            (
+                !(MIN_POLL_INTERVAL..=MAX_POLL_INTERVAL).contains(&self.poll_interval),
+                format!(
+                    "poll_interval must be {MIN_POLL_INTERVAL:?} to {MAX_POLL_INTERVAL:?}, got {:?}",
+                    self.poll_interval
+                ),
+            ),
+            (self.max_lease_expiries == 0, "max_lease_expiries must be at least 1".to_owned()),
+            (
+                !(1..=MAX_CAUSATION_DEPTH).contains(&self.max_causation_depth),
+                format!("max_causation_depth must be 1 to {MAX_CAUSATION_DEPTH}, got {}", self.max_causation_depth),
+            ),
+        ];
+        if let Some((_, problem)) = checks.into_iter().find(|(bad, _)| *bad) {
+            return Err(Error::InvalidConfig(problem));
         }
         let me = self.worker_id.unwrap_or_else(|| format!("{}-{:08x}", std::process::id(), random() as u32));
+        let store = self.store.max_causation_depth(self.max_causation_depth);
         Ok(Dispatcher {
             inner: Arc::new(Inner {
-                store: self.store,
+                store,
                 registry,
                 resources: Arc::new(self.resources),
                 concurrency: self.concurrency,
@@ -424,7 +473,7 @@ impl Dispatcher {
             let mut progressed = false;
             for def in self.inner.registry.iter() {
                 loop {
-                    let pass = self.pump_inbox(def, horizon.safe).await?;
+                    let pass = caught(self.pump_inbox(def, horizon.safe)).await?;
                     total.delivered += pass.delivered;
                     total.failed += pass.failed;
                     progressed |= pass.delivered + pass.failed > 0;
@@ -433,7 +482,7 @@ impl Dispatcher {
                     }
                 }
             }
-            let pass = self.pump_retries().await?;
+            let pass = caught(self.pump_retries()).await?;
             total.delivered += pass.delivered;
             total.failed += pass.failed;
             progressed |= pass.delivered + pass.failed > 0;
@@ -468,8 +517,14 @@ impl Dispatcher {
         shutdown.await;
         tracing::info!(worker = %self.inner.me, "herald dispatcher stopping: finishing in-flight deliveries");
         let _ = stop_tx.send(true);
+        let mut died = None;
         for t in tasks {
-            let _ = t.await;
+            // The loops catch panics of their passes; a task that died anyway is a bug
+            // that must not end in `Ok`.
+            if let Err(e) = t.await {
+                tracing::error!(error = %e, "herald: a dispatcher task died");
+                died = Some(Error::Panicked(e.to_string()));
+            }
         }
         if let Some(l) = listener {
             l.abort();
@@ -477,7 +532,8 @@ impl Dispatcher {
         if let Ok(mut known) = self.inner.known.lock() {
             known.clear();
         }
-        self.inner.store.release_leases(&self.inner.me).await
+        self.inner.store.release_leases(&self.inner.me).await?;
+        died.map_or(Ok(()), Err)
     }
 
     /// Status of every inbox known to the database or registered here, by name.
@@ -570,11 +626,11 @@ impl Dispatcher {
         let mut settle = Duration::from_millis(2);
         while !*stop.borrow() {
             commits.mark_unchanged();
-            let outcome = async {
+            let outcome = caught(async {
                 let horizon = self.inner.store.horizon().await?;
                 let pass = self.pump_inbox(def, horizon.safe).await?;
                 Ok::<_, Error>((pass, horizon.unsettled))
-            }
+            })
             .await;
             let wait = match outcome {
                 Ok((pass, _)) if pass.more => continue,
@@ -603,9 +659,9 @@ impl Dispatcher {
     }
 
     async fn retry_loop(&self, mut stop: tokio::sync::watch::Receiver<bool>) {
-        let mut last_prune = tokio::time::Instant::now();
+        let mut last_prune: Option<tokio::time::Instant> = None;
         while !*stop.borrow() {
-            let more = match self.pump_retries().await {
+            let more = match caught(self.pump_retries()).await {
                 Ok(pass) => pass.more,
                 Err(e) => {
                     tracing::warn!(error = %e, "herald: retry pass failed; will retry");
@@ -613,11 +669,12 @@ impl Dispatcher {
                 }
             };
             if let Some(keep) = self.inner.dead_retention
-                && last_prune.elapsed() > Duration::from_secs(60)
+                && last_prune.is_none_or(|at| at.elapsed() > Duration::from_secs(60))
             {
-                last_prune = tokio::time::Instant::now();
-                let before = now() - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
-                if let Err(e) = self.inner.store.prune_dead(before).await {
+                last_prune = Some(tokio::time::Instant::now());
+                if let Some(before) = retention_cutoff(now(), keep)
+                    && let Err(e) = self.inner.store.prune_dead(before).await
+                {
                     tracing::warn!(error = %e, "herald: pruning dead letters failed");
                 }
             }
@@ -690,7 +747,7 @@ impl Dispatcher {
         }
         let careful = self.careful(def.name)?;
         let limit = if careful { 1 } else { inner.batch_size };
-        let batch = match prefetched {
+        let batch: Batch = match prefetched {
             Some(batch) => batch,
             None => store.read_batch(def, lease.checkpoint, horizon, limit).await?,
         };
@@ -698,13 +755,14 @@ impl Dispatcher {
             Some((pos, _)) if batch.len() == limit => *pos,
             _ => horizon,
         };
+        let read = batch.len();
         let mut pass = Pass { more: to < horizon, ..Pass::default() };
         let failures = if careful && lease.crashes_here() >= inner.max_lease_expiries {
             // This event kept killing its workers: dead-letter it and move on.
             batch
                 .iter()
-                .map(|(_, e)| Failure {
-                    event_id: e.id,
+                .map(|(pos, _)| Failure {
+                    event_id: EventId(pos.id),
                     attempts: 0,
                     next_at: now(),
                     error: format!(
@@ -715,7 +773,8 @@ impl Dispatcher {
                 })
                 .collect()
         } else {
-            let (delivered, failures) = self.deliver(def, batch.iter().map(|(_, e)| e.clone()).collect(), 0).await;
+            let events = batch.into_iter().map(|(pos, e)| (EventId(pos.id), e)).collect();
+            let (delivered, failures) = self.deliver(def, events, 0).await;
             pass.delivered = delivered;
             failures
         };
@@ -729,7 +788,7 @@ impl Dispatcher {
         self.remember(def.name, Some(Known { checkpoint: to, lease_until: renew }));
         if careful && let Ok(mut careful) = inner.careful.lock() {
             let left = careful.entry(def.name).or_default();
-            *left = left.saturating_sub(batch.len().max(1));
+            *left = left.saturating_sub(read.max(1));
         }
         Ok(pass)
     }
@@ -757,12 +816,50 @@ impl Dispatcher {
 
     /// Runs the handler on each event (filtered), concurrently; returns how many
     /// succeeded and the failures. `attempts` is the number of failed attempts so far.
-    async fn deliver(&self, def: &'static InboxDef, events: Vec<Event>, attempts: u32) -> (u64, Vec<Failure>) {
+    /// An event that cannot be read is dead-lettered at once (no retry can read it);
+    /// a filter that panics fails its event like a handler that panics.
+    async fn deliver(
+        &self,
+        def: &'static InboxDef,
+        events: Vec<(EventId, Result<Event>)>,
+        attempts: u32,
+    ) -> (u64, Vec<Failure>) {
         let inner = &self.inner;
-        let jobs = events.into_iter().filter(|e| def.filter.is_none_or(|f| f(e))).map(|event| {
+        let mut failures = Vec::new();
+        let mut readable = Vec::with_capacity(events.len());
+        for (id, event) in events {
+            match event {
+                Ok(event) => readable.push(event),
+                Err(e) => {
+                    tracing::error!(inbox = def.name, event = %id, error = %e, "herald: a stored event cannot be read; dead-lettered");
+                    failures.push(Failure {
+                        event_id: id,
+                        attempts: attempts + 1,
+                        next_at: now(),
+                        error: format!("the stored event cannot be read: {e}"),
+                        dead: true,
+                    });
+                }
+            }
+        }
+        let jobs = readable.into_iter().map(|event| {
             let cx = Context::new(inner.store.clone(), inner.resources.clone(), def.name, event.clone(), attempts + 1)
                 .with_max_causation_depth(inner.max_causation_depth);
-            (event.id, async move { (def.handler)(&event, &cx).await })
+            (event.id, async move {
+                if let Some(keep) = def.filter {
+                    match std::panic::catch_unwind(|| keep(&event)) {
+                        Ok(true) => {}
+                        Ok(false) => return Ok(false), // acknowledged unseen
+                        Err(panic) => {
+                            return Err(InboxError::retry(format!(
+                                "filter panicked: {}",
+                                crate::concurrent::panic_text(panic)
+                            )));
+                        }
+                    }
+                }
+                (def.handler)(&event, &cx).await.map(|()| true)
+            })
         });
         let work = crate::concurrent::run_limited(jobs, inner.concurrency);
         tokio::pin!(work);
@@ -781,13 +878,14 @@ impl Dispatcher {
                 }
             }
         };
-        let (mut delivered, mut failures) = (0, Vec::new());
+        let mut delivered = 0;
         for (id, outcome) in outcomes {
             let error = match outcome {
-                Ok(Ok(())) => {
+                Ok(Ok(true)) => {
                     delivered += 1;
                     continue;
                 }
+                Ok(Ok(false)) => continue,
                 Ok(Err(e)) => e,
                 Err(panic) => InboxError::retry(format!("handler panicked: {panic}")),
             };
@@ -816,12 +914,12 @@ impl Dispatcher {
                 );
                 failed.push((
                     c.id,
-                    Failure { event_id: c.event.id, attempts: c.attempts, next_at: now(), error, dead: true },
+                    Failure { event_id: c.event_id, attempts: c.attempts, next_at: now(), error, dead: true },
                 ));
                 pass.failed += 1;
                 continue;
             }
-            let (ok, mut failures) = self.deliver(def, vec![c.event], c.attempts).await;
+            let (ok, mut failures) = self.deliver(def, vec![(c.event_id, c.event)], c.attempts).await;
             pass.delivered += ok;
             if ok == 1 || failures.is_empty() {
                 succeeded.push(c.id);
@@ -845,7 +943,28 @@ fn failure(def: &InboxDef, event_id: EventId, attempts: u32, error: InboxError) 
         Outcome::RetryAfter(d) => d,
         _ => backoff(def, attempts),
     };
-    Failure { event_id, attempts, next_at: now() + chrono_of(delay), error: error.message().to_owned(), dead }
+    // `time_after` clamps: a `Retry-After` of u64::MAX seconds parks the delivery
+    // until the year 9999 instead of overflowing the date arithmetic.
+    Failure { event_id, attempts, next_at: time_after(now(), delay), error: error.message().to_owned(), dead }
+}
+
+/// Dead letters that failed before this are pruned; `None` when the retention
+/// reaches back before the year 1 (nothing is old enough).
+fn retention_cutoff(now: DateTime<Utc>, keep: Duration) -> Option<DateTime<Utc>> {
+    let cutoff = chrono::Duration::from_std(keep).ok().and_then(|keep| now.checked_sub_signed(keep))?;
+    (cutoff > crate::model::min_time()).then_some(cutoff)
+}
+
+/// Runs a pass of the dispatcher's own code, turning a panic into
+/// [`Error::Panicked`]: a bug must fail the pass, loudly, not kill the inbox's task.
+async fn caught<T>(pass: impl Future<Output = Result<T>>) -> Result<T> {
+    match crate::concurrent::catch_unwind(pass).await {
+        Ok(result) => result,
+        Err(panic) => {
+            tracing::error!(panic = %panic, "herald: a dispatcher pass panicked; it will be retried");
+            Err(Error::Panicked(panic))
+        }
+    }
 }
 
 /// Exponential backoff with jitter: attempt n waits between half and all of

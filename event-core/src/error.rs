@@ -1,7 +1,5 @@
 //! The one error type of Herald's runtime.
 
-use std::time::Duration;
-
 /// A `Result` whose error defaults to Herald's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -52,9 +50,58 @@ pub enum Error {
         reason: String,
     },
 
-    /// A throttle window longer than the store can represent.
-    #[error("throttle window {0:?} is too long")]
-    ThrottleTooLong(Duration),
+    /// A string holds a NUL character (`\0`), which PostgreSQL cannot store in text or
+    /// JSON; refused on both backends alike. Nothing was written.
+    #[error("{field} contains a NUL character (\\0), which cannot be stored; remove or escape it")]
+    ContainsNul {
+        /// Where: `subject id`, `actor type`, `metadata at /path/to/key`, ….
+        field: String,
+    },
+
+    /// A name or id longer than Herald stores (they are indexed, and index rows are
+    /// limited). Nothing was written.
+    #[error("{field} is {len} bytes long; at most {max} bytes are allowed")]
+    TooLong {
+        /// `subject type`, `subject id`, `actor type`, `actor id` or `action`.
+        field: &'static str,
+        /// Its length in bytes.
+        len: usize,
+        /// The limit in bytes.
+        max: usize,
+    },
+
+    /// Metadata nested deeper than Herald can read back. Nothing was written.
+    #[error("metadata nests {depth} levels deep; at most {max} levels are allowed")]
+    MetadataTooDeep {
+        /// The deepest nesting found (the metadata object itself is level 1).
+        depth: usize,
+        /// The limit.
+        max: usize,
+    },
+
+    /// A statement Herald ran in this transaction failed in the database, so the
+    /// transaction can only be rolled back (PostgreSQL has already discarded it). The
+    /// commit rolled it back: nothing of it was written.
+    #[error("the transaction was rolled back, not committed: an earlier statement in it failed ({reason})")]
+    Aborted {
+        /// The failure that aborted the transaction.
+        reason: String,
+    },
+
+    /// A subject id names a row of a state machine's table in a form other than the
+    /// one the row's key has (`"042"` for the key `42`): events recorded under it
+    /// would miss the subject's trail. Nothing was written.
+    #[error(
+        "subject id `{given}` is not the key's own form `{stored}` in `{table}`; use Subject::new(…, \"{stored}\")"
+    )]
+    NonCanonicalId {
+        /// The table of the state column.
+        table: &'static str,
+        /// The id that was given.
+        given: String,
+        /// The key as the row stores it.
+        stored: String,
+    },
 
     /// A feed cursor that was not produced by Herald (or was corrupted).
     #[error("invalid feed cursor `{0}`")]
@@ -171,6 +218,20 @@ pub enum Error {
     /// The dispatcher was configured with values it cannot work with.
     #[error("invalid dispatcher configuration: {0}")]
     InvalidConfig(String),
+
+    /// A database URL Herald cannot work with.
+    #[error("invalid database url `{url}`: {reason}")]
+    InvalidUrl {
+        /// The URL.
+        url: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    /// A bug inside the dispatcher (not in an inbox handler) panicked; the pass was
+    /// abandoned and nothing it did was recorded as done.
+    #[error("the dispatcher panicked: {0}")]
+    Panicked(String),
 
     /// The URL names no backend Herald supports.
     #[error("unsupported database url `{0}`; use sqlite://… or postgres://…")]

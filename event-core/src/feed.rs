@@ -11,7 +11,7 @@ use std::str::FromStr;
 use chrono::{DateTime, Utc};
 
 use crate::error::{Error, Result};
-use crate::model::{Actor, Event, Subject};
+use crate::model::{Actor, Event, Subject, Unreadable};
 use crate::store::Store;
 
 /// The largest page a feed serves.
@@ -28,10 +28,6 @@ pub struct Cursor {
 }
 
 impl Cursor {
-    pub(crate) fn of(event: &Event) -> Self {
-        Cursor { created_at_micros: event.created_at.timestamp_micros(), id: event.id.0 }
-    }
-
     pub(crate) fn created_at(&self) -> Result<DateTime<Utc>> {
         DateTime::from_timestamp_micros(self.created_at_micros).ok_or_else(|| Error::InvalidCursor(self.to_string()))
     }
@@ -65,11 +61,16 @@ impl FromStr for Cursor {
 
 /// One page of a feed.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Page {
     /// The events, newest first.
     pub events: Vec<Event>,
     /// Where the next (older) page starts, or `None` when this was the last page.
     pub next: Option<Cursor>,
+    /// Events of this page that are stored but could not be read (written by raw SQL
+    /// or an older version of Herald): reported here, never failing the page. They
+    /// count towards the page's limit.
+    pub unreadable: Vec<Unreadable>,
 }
 
 /// A feed query, built from [`Store::feed`]. Every filter is optional and they combine.
@@ -168,6 +169,7 @@ impl Feed {
     /// `EXPLAIN QUERY PLAN` on SQLite), to check that it runs on an index.
     pub async fn explain(self) -> Result<String> {
         self.check_limit()?;
+        self.check_filters()?;
         self.store.explain_feed(&self).await
     }
 
@@ -178,16 +180,54 @@ impl Feed {
         Ok(())
     }
 
+    fn check_filters(&self) -> Result<()> {
+        if let Some(s) = &self.subject {
+            crate::model::check_subject(s)?;
+        }
+        if let Some(a) = &self.actor {
+            crate::model::check_actor(a)?;
+        }
+        for a in &self.actions {
+            crate::model::check_action(a)?;
+        }
+        Ok(())
+    }
+
     /// Fetches one page.
+    ///
+    /// A stored event that cannot be read is listed in [`Page::unreadable`] instead
+    /// of failing the page. Filters PostgreSQL could not take (a NUL character, an
+    /// over-long id) are refused with a typed error on both backends; time bounds
+    /// beyond the years 1 to 9999 are clamped to them.
     pub async fn fetch(self) -> Result<Page> {
         self.check_limit()?;
-        let mut events = self.store.fetch_feed(&self).await?;
-        let next = if events.len() > self.limit as usize {
-            events.truncate(self.limit as usize);
-            events.last().map(Cursor::of)
+        self.check_filters()?;
+        let mut rows = self.store.fetch_feed(&self).await?;
+        let next = if rows.len() > self.limit as usize {
+            rows.truncate(self.limit as usize);
+            match rows.last() {
+                Some(row) => {
+                    let created_at = row.created_at.ok_or_else(|| Error::Corrupt {
+                        id: row.id,
+                        reason: "its time cannot be read, so no page can continue after it".into(),
+                    })?;
+                    Some(Cursor { created_at_micros: created_at.timestamp_micros(), id: row.id })
+                }
+                None => None,
+            }
         } else {
             None
         };
-        Ok(Page { events, next })
+        let (mut events, mut unreadable) = (Vec::with_capacity(rows.len()), Vec::new());
+        for row in rows {
+            match row.event {
+                Ok(e) => events.push(e),
+                Err(e) => {
+                    tracing::warn!(event = row.id, error = %e, "herald: a stored event cannot be read; skipped in a feed page");
+                    unreadable.push(Unreadable { id: crate::EventId(row.id), reason: e.to_string() });
+                }
+            }
+        }
+        Ok(Page { events, next, unreadable })
     }
 }

@@ -275,6 +275,9 @@ impl Context {
     /// The same context with another causation-depth limit.
     pub(crate) fn with_max_causation_depth(mut self, max: u32) -> Self {
         self.max_causation_depth = max;
+        // Transactions the inbox opens itself (`cx.store().begin()` + `caused_by`)
+        // are held to the same limit.
+        self.store = self.store.max_causation_depth(max);
         self
     }
 

@@ -65,7 +65,9 @@ pub use dispatch::{DeadLetter, Dispatcher, DispatcherBuilder, Drained, InboxStat
 pub use error::{Error, Result};
 pub use feed::{Cursor, Feed, Page};
 pub use inbox::{Context, InboxDef, InboxError, Registry, Resources, StartFrom};
-pub use model::{Actor, Event, EventId, NewEvent, Subject};
+pub use model::{
+    Actor, Event, EventId, MAX_ID_BYTES, MAX_METADATA_DEPTH, MAX_NAME_BYTES, NewEvent, Subject, Unreadable,
+};
 pub use record::{Record, Throttled};
 pub use state_machine::{InvalidTransition, StateMachine, Transition, UnknownState};
 pub use store::{Backend, Connection, Store, Transaction};

@@ -130,6 +130,19 @@ impl Event {
     }
 }
 
+/// A stored event that could not be read back: a feed page lists it in
+/// [`Page::unreadable`](crate::Page::unreadable), and an inbox gets it as a dead
+/// letter, so it never blocks the events around it. Herald refuses at record time
+/// what it could not read back; such rows come from raw SQL or older versions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Unreadable {
+    /// The event's id.
+    pub id: EventId,
+    /// What could not be read.
+    pub reason: String,
+}
+
 /// An event that is about to be recorded: validated, not yet written.
 ///
 /// Build one with [`NewEvent::new`] for batch recording
@@ -206,12 +219,10 @@ impl NewEvent {
             }
             None => {}
         }
-        if self.subject.kind.is_empty() {
-            return Err(Error::EmptySubjectType);
-        }
-        if self.actor.kind.is_empty() {
-            return Err(Error::EmptyActorType);
-        }
+        check_subject(&self.subject)?;
+        check_actor(&self.actor)?;
+        check_action(&self.action)?;
+        check_metadata(&self.metadata)?;
         crate::action::check(&self.subject.kind, &self.action)
     }
 
@@ -228,6 +239,138 @@ impl NewEvent {
             correlation_id: self.correlation_id.unwrap_or(id),
         }
     }
+}
+
+/// The longest subject type, actor type and action, in bytes.
+pub const MAX_NAME_BYTES: usize = 255;
+/// The longest subject id and actor id, in bytes.
+///
+/// Names and ids are indexed together, and PostgreSQL refuses an index row over
+/// about 2.7 kB; the limits keep every index row well below it, on both backends.
+pub const MAX_ID_BYTES: usize = 1024;
+/// The deepest metadata nesting Herald records (the metadata object is level 1).
+///
+/// serde_json refuses to read JSON nested 128 levels deep, so deeper metadata
+/// could be written but never read back; the margin leaves room for an [`Event`]
+/// serialized inside your own messages.
+pub const MAX_METADATA_DEPTH: usize = 64;
+
+/// Refuses a string PostgreSQL could not store, or one longer than `max` bytes.
+fn check_text(field: &'static str, text: &str, max: usize) -> Result<()> {
+    if text.len() > max {
+        return Err(Error::TooLong { field, len: text.len(), max });
+    }
+    if text.contains('\0') {
+        return Err(Error::ContainsNul { field: field.to_owned() });
+    }
+    Ok(())
+}
+
+/// A subject Herald can store and look up: a type, an id, both storable.
+pub(crate) fn check_subject(subject: &Subject) -> Result<()> {
+    if subject.kind.is_empty() {
+        return Err(Error::EmptySubjectType);
+    }
+    check_text("subject type", &subject.kind, MAX_NAME_BYTES)?;
+    check_text("subject id", &subject.id, MAX_ID_BYTES)
+}
+
+/// An action name Herald can store and look up.
+pub(crate) fn check_action(action: &str) -> Result<()> {
+    check_text("action", action, MAX_NAME_BYTES)
+}
+
+/// An actor Herald can store and look up.
+pub(crate) fn check_actor(actor: &Actor) -> Result<()> {
+    if actor.kind.is_empty() {
+        return Err(Error::EmptyActorType);
+    }
+    check_text("actor type", &actor.kind, MAX_NAME_BYTES)?;
+    check_text("actor id", &actor.id, MAX_ID_BYTES)
+}
+
+/// Metadata that reads back as written: no NUL in any key or string (PostgreSQL's
+/// `jsonb` refuses `\u0000`), nested at most [`MAX_METADATA_DEPTH`] levels.
+pub(crate) fn check_metadata(metadata: &Map<String, Value>) -> Result<()> {
+    // Iterative, so hostile depth cannot overflow the stack here. `depth` is the
+    // nesting level of the value; the metadata object itself is level 1.
+    let mut pending: Vec<(&str, &Value, usize)> = metadata.iter().map(|(k, v)| (k.as_str(), v, 2)).collect();
+    for key in metadata.keys() {
+        nul_in_key(key)?;
+    }
+    while let Some((key, value, depth)) = pending.pop() {
+        match value {
+            Value::String(text) if text.contains('\0') => {
+                return Err(Error::ContainsNul { field: format!("metadata under `{}`", key.escape_debug()) });
+            }
+            Value::Object(_) | Value::Array(_) if depth > MAX_METADATA_DEPTH => {
+                return Err(Error::MetadataTooDeep { depth: depth_of(value, depth), max: MAX_METADATA_DEPTH });
+            }
+            Value::Object(map) => {
+                for (k, v) in map {
+                    nul_in_key(k)?;
+                    pending.push((k, v, depth + 1));
+                }
+            }
+            Value::Array(items) => pending.extend(items.iter().map(|v| (key, v, depth + 1))),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn nul_in_key(key: &str) -> Result<()> {
+    if key.contains('\0') {
+        return Err(Error::ContainsNul { field: format!("a metadata key (`{}`)", key.escape_debug()) });
+    }
+    Ok(())
+}
+
+/// The depth of the deepest container in `value`, which sits at `depth` (iterative).
+fn depth_of(value: &Value, depth: usize) -> usize {
+    let mut max = depth;
+    let mut pending = vec![(value, depth)];
+    while let Some((v, d)) = pending.pop() {
+        match v {
+            Value::Object(m) => {
+                max = max.max(d);
+                pending.extend(m.values().map(|v| (v, d + 1)));
+            }
+            Value::Array(a) => {
+                max = max.max(d);
+                pending.extend(a.iter().map(|v| (v, d + 1)));
+            }
+            _ => {}
+        }
+    }
+    max
+}
+
+/// The earliest time Herald stores or compares: 0001-01-01T00:00:00Z.
+pub(crate) fn min_time() -> DateTime<Utc> {
+    DateTime::from_timestamp(-62_135_596_800, 0).unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+/// The latest time Herald stores or compares: 9999-12-31T23:59:59.999999Z.
+pub(crate) fn max_time() -> DateTime<Utc> {
+    DateTime::from_timestamp(253_402_300_799, 999_999_000).unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// Clamps a time to the years 1 to 9999, the range both backends store and compare
+/// in order (SQLite keeps times as fixed-width text). A bound beyond it (a feed
+/// `until(DateTime::MAX_UTC)`, a retry 10,000 years ahead) means the same as its end.
+pub(crate) fn clamp_time(t: DateTime<Utc>) -> DateTime<Utc> {
+    t.clamp(min_time(), max_time())
+}
+
+/// `t + d`, clamped to [`clamp_time`]'s range, never an overflow.
+pub(crate) fn time_after(t: DateTime<Utc>, d: std::time::Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(d).ok().and_then(|d| t.checked_add_signed(d)).map_or_else(max_time, clamp_time)
+}
+
+/// `t - d`, clamped to [`clamp_time`]'s range, never an overflow.
+pub(crate) fn time_before(t: DateTime<Utc>, d: std::time::Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(d).ok().and_then(|d| t.checked_sub_signed(d)).map_or_else(min_time, clamp_time)
 }
 
 /// "an array", "a string", … for error messages.

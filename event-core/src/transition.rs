@@ -106,7 +106,12 @@ impl<S: StateMachine> Fire<'_, '_, S> {
         record.metadata.insert("to".into(), Value::from(transition.to.name()));
         record.metadata.insert("event".into(), Value::from(transition.event));
         let subject = record.subject.to_string();
-        let swap = Swap { storage: S::STORAGE, from: transition.from.name(), to: transition.to.name() };
+        let swap = Swap {
+            storage: S::STORAGE,
+            from: transition.from.name(),
+            to: transition.to.name(),
+            initial: S::INITIAL.name(),
+        };
         match tx.swap_state(swap, record).await? {
             Some(_) => Ok(transition),
             None => Err(Error::StaleState { subject, expected: transition.from.name() }),
@@ -129,6 +134,8 @@ pub(crate) struct Swap {
     pub(crate) storage: Storage,
     pub(crate) from: &'static str,
     pub(crate) to: &'static str,
+    /// The machine's initial state: a subject with no stored state is in it.
+    pub(crate) initial: &'static str,
 }
 
 impl<'c> Transaction<'c> {

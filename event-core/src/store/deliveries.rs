@@ -7,7 +7,6 @@ use super::{Pool, Store, postgres, sqlite};
 use crate::dispatch::{Claimed, DeadLetter, Failure, Horizon, Lease, Position, Relet};
 use crate::error::Result;
 use crate::inbox::InboxDef;
-use crate::model::Event;
 
 macro_rules! on_backend {
     ($store:expr, $f:ident($($arg:expr),* $(,)?)) => {
@@ -79,7 +78,7 @@ impl Store {
         after: Position,
         upto: Position,
         limit: usize,
-    ) -> Result<Vec<(Position, Event)>> {
+    ) -> Result<crate::dispatch::Batch> {
         on_backend!(self, read_batch(def, after, upto, limit))
     }
 
@@ -155,8 +154,15 @@ impl Store {
         Ok(n)
     }
 
-    /// Deletes dead deliveries that failed before `before`; returns how many.
+    /// Deletes dead deliveries that failed before `before`; returns how many. A time
+    /// past the year 9999 deletes every dead delivery.
     pub async fn prune_dead(&self, before: DateTime<Utc>) -> Result<u64> {
+        // Stored times are at most `max_time`: `<=` it is "everything", `<` below it.
+        let before = if before > crate::model::max_time() {
+            crate::model::max_time()
+        } else {
+            crate::model::clamp_time(before) - chrono::Duration::microseconds(1)
+        };
         on_backend!(self, prune_dead(before))
     }
 

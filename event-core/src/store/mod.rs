@@ -61,6 +61,8 @@ pub struct Store {
     wake: wake::Wake,
     /// PostgreSQL column types of state-machine tables, looked up once per store.
     column_types: Arc<Mutex<HashMap<StorageKey, ColumnTypes>>>,
+    /// The longest chain of caused events a record may extend.
+    causation_limit: u32,
 }
 
 /// A state column: `(table, column, key)`.
@@ -84,17 +86,33 @@ impl Store {
     ///
     /// SQLite files are created if missing and opened in WAL mode with a busy timeout,
     /// so several connections (and processes) share one database safely.
+    ///
+    /// An in-memory SQLite database is one database shared by the pool's connections
+    /// (and kept while the store lives); a URL naming no database at all (`sqlite:`,
+    /// `sqlite://`) is [`Error::InvalidUrl`], since SQLite would give each pooled
+    /// connection a private temporary database of its own.
     pub async fn connect(url: &str) -> Result<Self> {
         if url.starts_with("sqlite:") {
             let mut opts =
                 SqliteConnectOptions::from_str(url)?.create_if_missing(true).busy_timeout(Duration::from_secs(10));
             let in_memory = url.contains(":memory:") || url.contains("mode=memory");
-            if !in_memory {
+            if !in_memory && opts.get_filename().as_os_str().is_empty() {
+                return Err(Error::InvalidUrl {
+                    url: url.to_owned(),
+                    reason: "it names no database; use sqlite://path/to/file.db or sqlite::memory:",
+                });
+            }
+            let mut pool = SqlitePoolOptions::new().max_connections(if in_memory { 4 } else { 8 });
+            if in_memory {
+                // One database for every connection (even with `cache=private`), and
+                // one connection always open: SQLite drops an in-memory database with
+                // its last connection, and the pool closes idle ones.
+                opts = opts.shared_cache(true);
+                pool = pool.min_connections(1).idle_timeout(None).max_lifetime(None);
+            } else {
                 opts = opts.journal_mode(SqliteJournalMode::Wal);
             }
-            let pool =
-                SqlitePoolOptions::new().max_connections(if in_memory { 4 } else { 8 }).connect_with(opts).await?;
-            Ok(Store::from_sqlite(pool))
+            Ok(Store::from_sqlite(connect_sqlite(pool, opts).await?))
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let opts = PgConnectOptions::from_str(url)?;
             let pool = PgPoolOptions::new().max_connections(10).connect_with(opts).await?;
@@ -107,12 +125,32 @@ impl Store {
     /// A store over an existing SQLite pool (its options are yours to choose; WAL and
     /// a busy timeout are recommended).
     pub fn from_sqlite(pool: SqlitePool) -> Self {
-        Store { pool: Pool::Sqlite(pool), wake: wake::Wake::default(), column_types: Arc::default() }
+        Store::with_pool(Pool::Sqlite(pool))
     }
 
     /// A store over an existing PostgreSQL pool.
     pub fn from_postgres(pool: PgPool) -> Self {
-        Store { pool: Pool::Postgres(pool), wake: wake::Wake::default(), column_types: Arc::default() }
+        Store::with_pool(Pool::Postgres(pool))
+    }
+
+    fn with_pool(pool: Pool) -> Self {
+        Store {
+            pool,
+            wake: wake::Wake::default(),
+            column_types: Arc::default(),
+            causation_limit: crate::inbox::DEFAULT_MAX_CAUSATION_DEPTH,
+        }
+    }
+
+    /// The same store (sharing its pool) with another limit on chains of caused
+    /// events (default 32, at least 1): recording an event whose cause already ends a
+    /// chain of `n` events, each caused by the one before, fails with
+    /// [`Error::CausationTooDeep`]. The dispatcher applies its own
+    /// [`max_causation_depth`](crate::DispatcherBuilder::max_causation_depth) to the
+    /// store its inboxes get.
+    pub fn max_causation_depth(mut self, n: u32) -> Self {
+        self.causation_limit = n.max(1);
+        self
     }
 
     /// Which backend this store talks to.
@@ -160,7 +198,7 @@ impl Store {
             Pool::Sqlite(p) => TxInner::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
             Pool::Postgres(p) => TxInner::Postgres(p.begin().await?),
         };
-        Ok(Transaction { inner, store: self.clone(), recorded: Arc::default(), nested: false, cause: None })
+        Ok(Transaction::new(inner, self.clone(), Arc::default(), false))
     }
 
     /// The current state of `subject` under machine `S` (see [`Transaction::state`]).
@@ -177,7 +215,7 @@ impl Store {
             Pool::Sqlite(p) => TxInner::Sqlite(p.begin().await?),
             Pool::Postgres(p) => TxInner::Postgres(p.begin().await?),
         };
-        Ok(Transaction { inner, store: self.clone(), recorded: Arc::default(), nested: false, cause: None })
+        Ok(Transaction::new(inner, self.clone(), Arc::default(), false))
     }
 
     /// A feed query over this store's events, newest first.
@@ -214,13 +252,44 @@ impl Store {
         }
     }
 
-    /// Runs a feed query: up to `limit + 1` events, newest first.
-    pub(crate) async fn fetch_feed(&self, feed: &Feed) -> Result<Vec<Event>> {
+    /// Runs a feed query: up to `limit + 1` rows, newest first, each decoded alone.
+    pub(crate) async fn fetch_feed(&self, feed: &Feed) -> Result<Vec<FeedRow>> {
         match &self.pool {
             Pool::Sqlite(p) => sqlite::feed(p, feed).await,
             Pool::Postgres(p) => postgres::feed(p, feed).await,
         }
     }
+}
+
+/// Opens a SQLite pool, waiting out a lock held by another connection that is
+/// setting up the same fresh file: switching a new database to WAL mode takes a lock
+/// that SQLite reports as busy at once, without waiting on the busy timeout, so
+/// processes starting together on a new file failed with "database is locked".
+async fn connect_sqlite(pool: SqlitePoolOptions, opts: SqliteConnectOptions) -> Result<SqlitePool> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut wait = Duration::from_millis(5);
+    loop {
+        match pool.clone().connect_with(opts.clone()).await {
+            Err(sqlx::Error::Database(e))
+                if e.code().and_then(|c| c.parse::<i32>().ok()).is_some_and(|c| c & 0xff == 5)
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_millis(200));
+            }
+            connected => return Ok(connected?),
+        }
+    }
+}
+
+/// One row of a feed page: its keys for the cursor, and the event or why it could
+/// not be read (one unreadable row never fails the page).
+#[derive(Debug)]
+pub(crate) struct FeedRow {
+    pub(crate) id: i64,
+    /// `None` only when the stored time itself cannot be read.
+    pub(crate) created_at: Option<DateTime<Utc>>,
+    pub(crate) event: Result<Event>,
 }
 
 /// The columns every event query selects, in the order the backends decode them.
@@ -312,14 +381,19 @@ where
         }
         q.push(")");
     }
+    // Times are clamped to the years 1 to 9999, which both backends store and order
+    // alike: `until(DateTime::MAX_UTC)` means "until the end", not "nothing".
+    let clamp = crate::model::clamp_time;
     if let Some(t) = feed.since {
-        q.push(" AND created_at >= ").push_bind(time(t));
+        q.push(" AND created_at >= ").push_bind(time(clamp(t)));
     }
     if let Some(t) = feed.until {
-        q.push(" AND created_at < ").push_bind(time(t));
+        // Every stored time is at most the clamped maximum, so `<` must become `<=` there.
+        let op = if t > crate::model::max_time() { "<=" } else { "<" };
+        q.push(format_args!(" AND created_at {op} ")).push_bind(time(clamp(t)));
     }
     if let Some(c) = feed.before {
-        q.push(" AND (created_at, id) < (").push_bind(time(c.created_at()?));
+        q.push(" AND (created_at, id) < (").push_bind(time(clamp(c.created_at()?)));
         q.push(", ").push_bind(c.id).push(")");
     }
     // The limit is written into the SQL, not bound: with `LIMIT $n` PostgreSQL's
@@ -350,16 +424,19 @@ pub struct Transaction<'c> {
     nested: bool,
     /// The event that caused this transaction's events (set by inbox contexts).
     cause: Option<Cause>,
+    /// The longest chain of caused events this transaction may extend.
+    causation_limit: u32,
+    /// Causes whose chain was measured in this transaction and found short enough.
+    checked_causes: Vec<EventId>,
+    /// Why the database aborted this transaction, once a Herald statement in it failed.
+    aborted: Option<String>,
 }
 
-/// The default cause of a transaction's events, and the causation-chain limit still
-/// to check before the first of them is written.
+/// The default cause of a transaction's events.
 #[derive(Debug, Clone, Copy)]
 struct Cause {
     id: EventId,
     correlation: EventId,
-    /// `Some(max)` until the chain ending at `id` was measured against `max`.
-    unchecked_limit: Option<u32>,
 }
 
 #[derive(Debug)]
@@ -378,6 +455,20 @@ pub enum Connection<'a> {
 }
 
 impl<'c> Transaction<'c> {
+    fn new(inner: TxInner<'c>, store: Store, recorded: Arc<AtomicBool>, nested: bool) -> Self {
+        let causation_limit = store.causation_limit;
+        Transaction {
+            inner,
+            store,
+            recorded,
+            nested,
+            cause: None,
+            causation_limit,
+            checked_causes: Vec::new(),
+            aborted: None,
+        }
+    }
+
     /// Which backend this transaction runs on.
     pub fn backend(&self) -> Backend {
         match self.inner {
@@ -429,13 +520,11 @@ impl<'c> Transaction<'c> {
             TxInner::Sqlite(tx) => TxInner::Sqlite(sqlx::Connection::begin(&mut **tx).await?),
             TxInner::Postgres(tx) => TxInner::Postgres(sqlx::Connection::begin(&mut **tx).await?),
         };
-        Ok(Transaction {
-            inner,
-            store: self.store.clone(),
-            recorded: self.recorded.clone(),
-            nested: true,
-            cause: self.cause,
-        })
+        let mut sp = Transaction::new(inner, self.store.clone(), self.recorded.clone(), true);
+        sp.cause = self.cause;
+        sp.causation_limit = self.causation_limit;
+        sp.checked_causes = self.checked_causes.clone();
+        Ok(sp)
     }
 
     /// Commits (or, for a savepoint, releases) the transaction.
@@ -443,7 +532,24 @@ impl<'c> Transaction<'c> {
     /// After the outermost commit of a transaction that recorded events, dispatchers
     /// are woken: in this process at once, in others through PostgreSQL `NOTIFY`
     /// (sent after the commit, outside the transaction, coalesced).
+    ///
+    /// If a statement Herald ran in this transaction failed in the database, the
+    /// transaction is rolled back instead and the commit fails with
+    /// [`Error::Aborted`], on both backends: PostgreSQL discards such a transaction
+    /// whatever the caller does next, and a commit that returned `Ok` would claim the
+    /// caller's own writes were kept. (Errors Herald finds before sending anything,
+    /// such as [`Error::UnknownAction`], leave the transaction usable.)
     pub async fn commit(self) -> Result<()> {
+        if let Some(reason) = self.aborted {
+            let rolled_back = match self.inner {
+                TxInner::Sqlite(tx) => tx.rollback().await,
+                TxInner::Postgres(tx) => tx.rollback().await,
+            };
+            if let Err(e) = rolled_back {
+                tracing::warn!(error = %e, "herald: rolling back an aborted transaction failed");
+            }
+            return Err(Error::Aborted { reason });
+        }
         match self.inner {
             TxInner::Sqlite(tx) => tx.commit().await?,
             TxInner::Postgres(tx) => tx.commit().await?,
@@ -466,7 +572,8 @@ impl<'c> Transaction<'c> {
     /// Makes `cause` the default cause of every event recorded in this transaction,
     /// refusing to record once the chain of causes would grow past `max_depth` events.
     pub(crate) fn set_cause(&mut self, cause: &Event, max_depth: u32) {
-        self.cause = Some(Cause { id: cause.id, correlation: cause.correlation_id, unchecked_limit: Some(max_depth) });
+        self.cause = Some(Cause { id: cause.id, correlation: cause.correlation_id });
+        self.causation_limit = max_depth;
     }
 
     /// Applies the transaction's default cause to an event that names none.
@@ -478,72 +585,107 @@ impl<'c> Transaction<'c> {
         event
     }
 
-    /// Before the first caused write: the chain of causes ending at the cause must be
-    /// shorter than the limit, or an inbox is most likely triggering itself forever.
-    /// One statement walking the chain by primary key, at most `limit` steps.
-    async fn check_cause_depth(&mut self) -> Result<()> {
-        let Some(cause) = self.cause else { return Ok(()) };
-        let Some(limit) = cause.unchecked_limit else { return Ok(()) };
-        let depth = match &mut self.inner {
-            TxInner::Sqlite(tx) => sqlite::cause_depth(tx, cause.id, limit).await?,
-            TxInner::Postgres(tx) => postgres::cause_depth(tx, cause.id, limit).await?,
-        };
-        if depth >= limit {
-            return Err(Error::CausationTooDeep { cause: cause.id, correlation: cause.correlation, max: limit });
+    /// Before an event that names a cause is written: the chain of causes ending at
+    /// that cause must be shorter than the limit, or an inbox is most likely
+    /// triggering itself forever. An explicit `caused_by` is measured like the cause
+    /// an inbox context sets. One statement per batch walks the chains by primary
+    /// key, at most `limit` steps each; a cause measured once in this transaction is
+    /// not measured again.
+    async fn check_cause_depth(&mut self, events: &[&NewEvent]) -> Result<()> {
+        let limit = self.causation_limit;
+        let mut causes: Vec<(EventId, EventId)> = Vec::new();
+        for e in events {
+            if let Some(id) = e.causation_id
+                && !self.checked_causes.contains(&id)
+                && !causes.iter().any(|(c, _)| *c == id)
+            {
+                causes.push((id, e.correlation_id.unwrap_or(id)));
+            }
         }
-        self.cause = Some(Cause { unchecked_limit: None, ..cause });
+        if causes.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<i64> = causes.iter().map(|(c, _)| c.0).collect();
+        let deepest = match &mut self.inner {
+            TxInner::Sqlite(tx) => sqlite::cause_depth(tx, &ids, limit).await,
+            TxInner::Postgres(tx) => postgres::cause_depth(tx, &ids, limit).await,
+        };
+        let deepest = self.track(deepest)?;
+        if let Some((cause, depth)) = deepest
+            && depth >= limit
+        {
+            let correlation = causes.iter().find(|(c, _)| *c == cause).map_or(cause, |(_, corr)| *corr);
+            return Err(Error::CausationTooDeep { cause, correlation, max: limit });
+        }
+        self.checked_causes.extend(causes.iter().map(|(c, _)| *c));
         Ok(())
+    }
+
+    /// Notes a database failure: PostgreSQL has aborted the transaction, so it can
+    /// only be rolled back now ([`commit`](Self::commit) does, and says so).
+    fn track<T>(&mut self, result: Result<T>) -> Result<T> {
+        if let Err(Error::Database(e)) = &result
+            && self.aborted.is_none()
+        {
+            self.aborted = Some(e.to_string());
+        }
+        result
     }
 
     /// Writes one validated event; returns it as stored.
     pub(crate) async fn insert(&mut self, event: NewEvent) -> Result<Event> {
         event.validate()?;
-        self.check_cause_depth().await?;
         let event = self.caused(event);
+        self.check_cause_depth(&[&event]).await?;
         self.recorded.store(true, Ordering::Relaxed);
-        match &mut self.inner {
+        let inserted = match &mut self.inner {
             TxInner::Sqlite(tx) => sqlite::insert(tx, event).await,
             TxInner::Postgres(tx) => postgres::insert(tx, event).await,
-        }
+        };
+        self.track(inserted)
     }
 
-    /// Writes `event` unless one with the same subject and action exists within `window`.
+    /// Writes `event` unless one with the same subject and action exists within
+    /// `window`. A window reaching back before the year 1 means "ever".
     pub(crate) async fn insert_throttled(&mut self, event: NewEvent, window: Duration) -> Result<Option<Event>> {
         event.validate()?;
-        self.check_cause_depth().await?;
         let event = self.caused(event);
+        self.check_cause_depth(&[&event]).await?;
         self.recorded.store(true, Ordering::Relaxed);
-        let window = chrono::Duration::from_std(window).map_err(|_| Error::ThrottleTooLong(window))?;
-        match &mut self.inner {
+        let inserted = match &mut self.inner {
             TxInner::Sqlite(tx) => sqlite::insert_throttled(tx, event, window).await,
             TxInner::Postgres(tx) => postgres::insert_throttled(tx, event, window).await,
-        }
+        };
+        self.track(inserted)
     }
 
     /// Reads the stored state name of `subject`, `None` when there is no row.
     pub(crate) async fn read_state(&mut self, storage: Storage, subject: &Subject) -> Result<Option<String>> {
-        match &mut self.inner {
+        crate::model::check_subject(subject)?;
+        let state = match &mut self.inner {
             TxInner::Sqlite(tx) => sqlite::read_state(tx, storage, subject).await,
-            TxInner::Postgres(tx) => {
-                let types = self.store.column_types(tx, storage).await?;
-                postgres::read_state(tx, storage, types.as_ref(), subject).await
-            }
-        }
+            TxInner::Postgres(tx) => match self.store.column_types(tx, storage).await {
+                Ok(types) => postgres::read_state(tx, storage, types.as_ref(), subject).await,
+                Err(e) => Err(e),
+            },
+        };
+        self.track(state)
     }
 
     /// Compare-and-swap of the state plus the `status_changed` event, atomically;
     /// `None` (and nothing written) when the state was no longer `swap.from`.
     pub(crate) async fn swap_state(&mut self, swap: Swap, event: NewEvent) -> Result<Option<Event>> {
-        self.check_cause_depth().await?;
         let event = self.caused(event);
+        self.check_cause_depth(&[&event]).await?;
         self.recorded.store(true, Ordering::Relaxed);
-        match &mut self.inner {
+        let swapped = match &mut self.inner {
             TxInner::Sqlite(tx) => sqlite::swap_state(tx, swap, event).await,
-            TxInner::Postgres(tx) => {
-                let types = self.store.column_types(tx, swap.storage).await?;
-                postgres::swap_state(tx, swap, types.as_ref(), event).await
-            }
-        }
+            TxInner::Postgres(tx) => match self.store.column_types(tx, swap.storage).await {
+                Ok(types) => postgres::swap_state(tx, swap, types.as_ref(), event).await,
+                Err(e) => Err(e),
+            },
+        };
+        self.track(swapped)
     }
 
     /// Writes many events in one statement (per chunk on SQLite); all or nothing.
@@ -572,11 +714,12 @@ impl<'c> Transaction<'c> {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        self.check_cause_depth().await?;
+        self.check_cause_depth(&events.iter().collect::<Vec<_>>()).await?;
         self.recorded.store(true, Ordering::Relaxed);
-        match &mut self.inner {
+        let inserted = match &mut self.inner {
             TxInner::Sqlite(tx) => sqlite::insert_all(tx, &events).await,
             TxInner::Postgres(tx) => postgres::insert_all(tx, &events).await,
-        }
+        };
+        self.track(inserted)
     }
 }

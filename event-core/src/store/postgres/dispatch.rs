@@ -11,7 +11,7 @@ use sqlx::postgres::PgPool;
 use sqlx::{Postgres, QueryBuilder, Row};
 
 use super::{EVENT_COLUMNS, decode};
-use crate::dispatch::{Claimed, DeadLetter, Failure, Horizon, Lease, LeaseRow, Position, Relet};
+use crate::dispatch::{Batch, Claimed, DeadLetter, Failure, Horizon, Lease, LeaseRow, Position, Relet};
 use crate::error::{Error, Result};
 use crate::inbox::InboxDef;
 use crate::model::{Event, EventId};
@@ -151,9 +151,8 @@ pub(crate) async fn relet_and_read(
     let mut batch = Vec::with_capacity(rows.len());
     for r in &rows {
         // No event for the inbox: the one row the join keeps has NULL columns.
-        if r.try_get::<Option<i64>, _>("id")?.is_some() {
-            let e = decode(r)?;
-            batch.push((Position { tx: r.try_get("pos_tx")?, id: e.id.0 }, e));
+        if let Some(id) = r.try_get::<Option<i64>, _>("id")? {
+            batch.push((Position { tx: r.try_get("pos_tx")?, id }, decode(r)));
         }
     }
     Ok(if batch.is_empty() { Relet::Advanced } else { Relet::Leased(batch) })
@@ -186,14 +185,9 @@ pub(crate) async fn read_batch(
     after: Position,
     upto: Position,
     limit: usize,
-) -> Result<Vec<(Position, Event)>> {
+) -> Result<Batch> {
     let rows = batch_query("", def, after, upto, limit).build().fetch_all(pool).await?;
-    rows.iter()
-        .map(|r| {
-            let e = decode(r)?;
-            Ok((Position { tx: r.try_get("pos_tx")?, id: e.id.0 }, e))
-        })
-        .collect()
+    rows.iter().map(|r| Ok((Position { tx: r.try_get("pos_tx")?, id: r.try_get("id")? }, decode(r)))).collect()
 }
 
 pub(crate) async fn explain_batch(
@@ -307,18 +301,24 @@ pub(crate) async fn claim_retries(
             .bind(&event_ids)
             .fetch_all(pool)
             .await?;
-    let events: std::collections::HashMap<i64, Event> =
-        events.iter().map(|r| decode(r).map(|e| (e.id.0, e))).collect::<Result<_>>()?;
+    // Each row decoded alone: an unreadable event is that delivery's problem only.
+    let events: std::collections::HashMap<i64, std::result::Result<Event, String>> = events
+        .iter()
+        .map(|r| Ok((r.try_get::<i64, _>("id")?, decode(r).map_err(|e| e.to_string()))))
+        .collect::<Result<_>>()?;
     rows.iter()
         .map(|r| {
             let event_id: i64 = r.try_get("event_id")?;
+            let event = match events.get(&event_id) {
+                Some(Ok(event)) => Ok(event.clone()),
+                Some(Err(reason)) => Err(Error::Corrupt { id: event_id, reason: reason.clone() }),
+                None => Err(Error::Corrupt { id: event_id, reason: "delivery of a missing event".into() }),
+            };
             Ok(Claimed {
                 id: r.try_get("id")?,
                 inbox: r.try_get("inbox")?,
-                event: events
-                    .get(&event_id)
-                    .cloned()
-                    .ok_or_else(|| Error::Corrupt { id: event_id, reason: "delivery of a missing event".into() })?,
+                event_id: EventId(event_id),
+                event,
                 attempts: r.try_get::<i32, _>("attempts")? as u32,
                 expiries: r.try_get::<i32, _>("expiries")? as u32,
             })
@@ -413,7 +413,7 @@ pub(crate) async fn retry_dead(pool: &PgPool, id: Option<i64>, inbox: Option<&st
 
 pub(crate) async fn prune_dead(pool: &PgPool, before: DateTime<Utc>) -> Result<u64> {
     let done =
-        sqlx::query("DELETE FROM herald_deliveries WHERE dead AND updated_at < $1").bind(before).execute(pool).await?;
+        sqlx::query("DELETE FROM herald_deliveries WHERE dead AND updated_at <= $1").bind(before).execute(pool).await?;
     Ok(done.rows_affected())
 }
 

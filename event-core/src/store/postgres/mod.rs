@@ -13,18 +13,31 @@ use sqlx::types::Json;
 use sqlx::{Postgres, Row};
 
 use super::ColumnTypes;
-use super::{EVENT_COLUMNS, decode_event, feed_query};
+use super::{EVENT_COLUMNS, FeedRow, decode_event, feed_query};
 use crate::error::{Error, Result};
 use crate::feed::Feed;
 use crate::model::{Event, EventId, NewEvent, Subject, now};
 use crate::state_machine::Storage;
 use crate::transition::Swap;
 
+/// sqlx's migrator takes a session-level advisory lock and, when a migration fails,
+/// returns without releasing it: the connection went back to the pool still holding
+/// it, and every later migrate in the database (other schemas, the application's own
+/// sqlx migrations, a retry) waited until the pool closed. On failure this
+/// connection is closed instead of returned, which ends its session and its locks.
 pub(super) async fn migrate(pool: &PgPool) -> Result<()> {
     let mut migrator = sqlx::migrate!("migrations/postgres");
     migrator.dangerous_set_table_name("_herald_migrations");
-    migrator.run(pool).await?;
-    Ok(())
+    let mut conn = pool.acquire().await?;
+    match migrator.run_direct(None, &mut *conn, false).await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            if let Err(closing) = conn.close().await {
+                tracing::warn!(error = %closing, "herald: closing the connection of a failed migration failed");
+            }
+            Err(e.into())
+        }
+    }
 }
 
 /// Binds the nine event columns, in `INSERT` order.
@@ -67,7 +80,7 @@ pub(super) async fn insert(conn: &mut PgConnection, event: NewEvent) -> Result<E
 pub(super) async fn insert_throttled(
     conn: &mut PgConnection,
     event: NewEvent,
-    window: chrono::Duration,
+    window: std::time::Duration,
 ) -> Result<Option<Event>> {
     let created_at = now();
     sqlx::query(
@@ -87,7 +100,8 @@ pub(super) async fn insert_throttled(
          SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 WHERE NOT EXISTS (SELECT 1 FROM herald_events \
          WHERE subject_type = $1 AND subject_id = $2 AND action = $5 AND created_at > $10) RETURNING id",
     );
-    let row = bind_event(insert, &event, created_at).bind(created_at - window).fetch_optional(conn).await?;
+    let since = crate::model::time_before(created_at, window);
+    let row = bind_event(insert, &event, created_at).bind(since).fetch_optional(conn).await?;
     let id: Option<i64> = row.map(|r| r.try_get(0)).transpose()?;
     Ok(id.map(|id| event.into_event(EventId(id), created_at)))
 }
@@ -137,8 +151,13 @@ pub(super) async fn insert_all(conn: &mut PgConnection, events: &[NewEvent]) -> 
     Ok(ids.into_iter().map(EventId).collect())
 }
 
+/// One event row. Metadata that cannot be read (written by raw SQL or an older
+/// version, e.g. nested past serde_json's limit, or a number no `f64` holds) is
+/// [`Error::Corrupt`] for this row alone: callers skip or dead-letter it and go on.
 fn decode(row: &PgRow) -> Result<Event> {
-    let metadata: Json<Map<String, Value>> = row.try_get("metadata")?;
+    let id: i64 = row.try_get("id")?;
+    let metadata: Json<Map<String, Value>> =
+        row.try_get("metadata").map_err(|e| Error::Corrupt { id, reason: format!("metadata: {e}") })?;
     decode_event(row, metadata.0, row.try_get("created_at")?)
 }
 
@@ -148,10 +167,12 @@ pub(super) async fn event(pool: &PgPool, id: EventId) -> Result<Option<Event>> {
     row.as_ref().map(decode).transpose()
 }
 
-pub(super) async fn feed(pool: &PgPool, feed: &Feed) -> Result<Vec<Event>> {
+pub(super) async fn feed(pool: &PgPool, feed: &Feed) -> Result<Vec<FeedRow>> {
     let mut q = feed_query::<Postgres, DateTime<Utc>>("", feed, |t| t)?;
     let rows = q.build().fetch_all(pool).await?;
-    rows.iter().map(decode).collect()
+    rows.iter()
+        .map(|r| Ok(FeedRow { id: r.try_get("id")?, created_at: r.try_get("created_at").ok(), event: decode(r) }))
+        .collect()
 }
 
 pub(super) async fn explain_feed(pool: &PgPool, feed: &Feed) -> Result<String> {
@@ -186,6 +207,25 @@ pub(super) async fn column_types(
     Ok(ColumnTypes { column: find(column)?, key: find(key)? })
 }
 
+/// An id for an integer key must be the integer's own form: PostgreSQL reads `042`,
+/// ` 42` and `+42` as 42, and events recorded under them would miss `42`'s trail.
+/// Checked before sending, as a cast error would abort the transaction.
+fn check_key(table: &'static str, key: &'static str, types: &ColumnTypes, id: &str) -> Result<()> {
+    let range = match types.key.as_str() {
+        "smallint" => i64::from(i16::MIN)..=i64::from(i16::MAX),
+        "integer" => i64::from(i32::MIN)..=i64::from(i32::MAX),
+        "bigint" => i64::MIN..=i64::MAX,
+        _ => return Ok(()),
+    };
+    match id.trim().parse::<i64>() {
+        Ok(n) if range.contains(&n) && n.to_string() == id => Ok(()),
+        Ok(n) if range.contains(&n) => {
+            Err(Error::NonCanonicalId { table, given: id.to_owned(), stored: n.to_string() })
+        }
+        _ => Err(Error::MissingRow { table, key, id: id.to_owned() }),
+    }
+}
+
 pub(super) async fn read_state(
     conn: &mut PgConnection,
     storage: Storage,
@@ -194,8 +234,17 @@ pub(super) async fn read_state(
 ) -> Result<Option<String>> {
     let state: Option<Option<String>> = match (storage, types) {
         (Storage::Column { table, column, key }, Some(types)) => {
-            let sql = format!("SELECT {column}::text FROM {table} WHERE {key} = CAST($1 AS {})", types.key);
-            sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(&subject.id).fetch_optional(conn).await?
+            check_key(table, key, types, &subject.id)?;
+            let sql =
+                format!("SELECT {column}::text, {key}::text FROM {table} WHERE {key} = CAST($1 AS {})", types.key);
+            let row: Option<(Option<String>, String)> =
+                sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(&subject.id).fetch_optional(conn).await?;
+            match row {
+                Some((_, stored)) if stored != subject.id => {
+                    return Err(Error::NonCanonicalId { table, given: subject.id.clone(), stored });
+                }
+                row => row.map(|(state, _)| state),
+            }
         }
         _ => {
             sqlx::query_scalar("SELECT state FROM herald_states WHERE subject_type = $1 AND subject_id = $2")
@@ -218,13 +267,21 @@ pub(super) async fn swap_state(
     event: NewEvent,
 ) -> Result<Option<Event>> {
     let cas = match (swap.storage, types) {
-        (Storage::Column { table, column, key }, Some(types)) => format!(
-            "UPDATE {table} SET {column} = CAST($10 AS {ct}) WHERE {key} = CAST($2 AS {kt}) \
-             AND {column} = CAST($11 AS {ct}) RETURNING 1",
-            ct = types.column,
-            kt = types.key
-        ),
-        _ => "INSERT INTO herald_states (subject_type, subject_id, state, updated_at) VALUES ($1, $2, $10, $7) \
+        (Storage::Column { table, column, key }, Some(types)) => {
+            check_key(table, key, types, &event.subject.id)?;
+            // Only the row whose key is exactly the subject id (see `read_state`).
+            format!(
+                "UPDATE {table} SET {column} = CAST($10 AS {ct}) WHERE {key} = CAST($2 AS {kt}) \
+                 AND {key}::text = $2 AND {column} = CAST($11 AS {ct}) RETURNING 1",
+                ct = types.column,
+                kt = types.key
+            )
+        }
+        // No row yet means the initial state: insert only when that is `from`. A row that
+        // exists is proposed again so the conflict path swaps it.
+        _ => "INSERT INTO herald_states (subject_type, subject_id, state, updated_at) \
+              SELECT $1, $2, $10, $7 WHERE $11::text = $12::text \
+              OR EXISTS (SELECT 1 FROM herald_states WHERE subject_type = $1 AND subject_id = $2) \
               ON CONFLICT (subject_type, subject_id) DO UPDATE SET state = EXCLUDED.state, \
               updated_at = EXCLUDED.updated_at WHERE herald_states.state = $11 RETURNING 1"
             .to_owned(),
@@ -247,25 +304,34 @@ pub(super) async fn swap_state(
         .bind(event.correlation_id.map(|c| c.0))
         .bind(swap.to)
         .bind(swap.from)
-        .fetch_optional(conn)
+        .bind(swap.initial)
+        .fetch_optional(&mut *conn)
         .await?;
+    if id.is_none()
+        && let Storage::Column { table, key, .. } = swap.storage
+        && read_state(conn, swap.storage, types, &event.subject).await?.is_none()
+    {
+        // Say why: a missing row (an id in another form is refused by `read_state`).
+        return Err(Error::MissingRow { table, key, id: event.subject.id });
+    }
     Ok(id.map(|id| event.into_event(EventId(id), created_at)))
 }
 pub(crate) mod dispatch;
 
-/// How many events the chain of causes ending at `id` holds, counting at most `limit` + 1.
-pub(super) async fn cause_depth(conn: &mut PgConnection, id: EventId, limit: u32) -> Result<u32> {
-    let depth: Option<i32> = sqlx::query_scalar(
-        "WITH RECURSIVE chain (causation_id, depth) AS ( \
-             SELECT causation_id, 1 FROM herald_events WHERE id = $1 \
+/// The deepest of the chains of causes ending at `ids`: its start and how many events
+/// it holds, counting at most `limit` + 1.
+pub(super) async fn cause_depth(conn: &mut PgConnection, ids: &[i64], limit: u32) -> Result<Option<(EventId, u32)>> {
+    let deepest: Option<(i64, i32)> = sqlx::query_as(
+        "WITH RECURSIVE chain (start, causation_id, depth) AS ( \
+             SELECT id, causation_id, 1 FROM herald_events WHERE id = ANY($1) \
              UNION ALL \
-             SELECT e.causation_id, c.depth + 1 FROM herald_events e JOIN chain c ON e.id = c.causation_id \
+             SELECT c.start, e.causation_id, c.depth + 1 FROM herald_events e JOIN chain c ON e.id = c.causation_id \
              WHERE c.depth <= $2) \
-         SELECT max(depth) FROM chain",
+         SELECT start, max(depth) FROM chain GROUP BY start ORDER BY 2 DESC LIMIT 1",
     )
-    .bind(id.0)
-    .bind(limit as i32)
-    .fetch_one(conn)
+    .bind(ids)
+    .bind(i32::try_from(limit).unwrap_or(i32::MAX))
+    .fetch_optional(conn)
     .await?;
-    Ok(depth.unwrap_or(0) as u32)
+    Ok(deepest.map(|(start, depth)| (EventId(start), depth as u32)))
 }

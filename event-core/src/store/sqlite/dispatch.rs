@@ -9,10 +9,10 @@ use sqlx::sqlite::SqlitePool;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{EVENT_COLUMNS, decode, decode_time, encode_time};
-use crate::dispatch::{Claimed, DeadLetter, Failure, Horizon, Lease, LeaseRow, Position, Relet};
+use crate::dispatch::{Batch, Claimed, DeadLetter, Failure, Horizon, Lease, LeaseRow, Position, Relet};
 use crate::error::{Error, Result};
 use crate::inbox::InboxDef;
-use crate::model::{Event, EventId};
+use crate::model::EventId;
 
 pub(crate) async fn horizon(pool: &SqlitePool) -> Result<Horizon> {
     let max: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM herald_events").fetch_one(pool).await?;
@@ -151,9 +151,9 @@ pub(crate) async fn read_batch(
     after: Position,
     upto: Position,
     limit: usize,
-) -> Result<Vec<(Position, Event)>> {
+) -> Result<Batch> {
     let rows = batch_query("", def, after, upto, limit).build().fetch_all(pool).await?;
-    rows.iter().map(|r| decode(r).map(|e| (Position { tx: 0, id: e.id.0 }, e))).collect()
+    rows.iter().map(|r| Ok((Position { tx: 0, id: r.try_get("id")? }, decode(r)))).collect()
 }
 
 pub(crate) async fn explain_batch(
@@ -256,12 +256,16 @@ pub(crate) async fn claim_retries(
     let mut claimed = Vec::with_capacity(rows.len());
     for r in rows {
         let event_id: i64 = r.try_get("event_id")?;
-        let event = super::event(pool, EventId(event_id))
-            .await?
-            .ok_or_else(|| Error::Corrupt { id: event_id, reason: "delivery of a missing event".into() })?;
+        let event = match super::event(pool, EventId(event_id)).await {
+            Ok(Some(event)) => Ok(event),
+            Ok(None) => Err(Error::Corrupt { id: event_id, reason: "delivery of a missing event".into() }),
+            Err(e @ Error::Corrupt { .. }) => Err(e),
+            Err(e) => return Err(e),
+        };
         claimed.push(Claimed {
             id: r.try_get("id")?,
             inbox: r.try_get("inbox")?,
+            event_id: EventId(event_id),
             event,
             attempts: r.try_get::<i64, _>("attempts")? as u32,
             expiries: r.try_get::<i64, _>("expiries")? as u32,
@@ -361,7 +365,7 @@ pub(crate) async fn retry_dead(
 }
 
 pub(crate) async fn prune_dead(pool: &SqlitePool, before: DateTime<Utc>) -> Result<u64> {
-    let done = sqlx::query("DELETE FROM herald_deliveries WHERE dead = 1 AND updated_at < ?")
+    let done = sqlx::query("DELETE FROM herald_deliveries WHERE dead = 1 AND updated_at <= ?")
         .bind(encode_time(before))
         .execute(pool)
         .await?;
