@@ -1029,3 +1029,39 @@ async fn listen(store: Store, pool: sqlx::PgPool) {
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retention_longer_than_history_prunes_nothing_and_never_panics() {
+        let t = now();
+        // `now - Duration::MAX` used to overflow and kill the retry task.
+        assert_eq!(retention_cutoff(t, Duration::MAX), None);
+        assert_eq!(retention_cutoff(t, Duration::from_secs(10_000 * 366 * 86_400)), None);
+        assert_eq!(retention_cutoff(t, Duration::from_secs(60)), Some(t - chrono::Duration::seconds(60)));
+    }
+
+    #[test]
+    fn retry_delays_past_the_year_9999_are_parked_there() {
+        let def = InboxDef {
+            name: "t",
+            subject: None,
+            actions: &[],
+            filter: None,
+            max_attempts: 3,
+            backoff: Duration::from_secs(1),
+            backoff_max: Duration::MAX,
+            start_from: StartFrom::Now,
+            handler: |_, _| Box::pin(async { Ok(()) }),
+            file: file!(),
+            line: line!(),
+        };
+        let f = failure(&def, EventId(1), 1, InboxError::retry_after(Duration::MAX, "503"));
+        assert_eq!(f.next_at, crate::model::max_time());
+        assert!(!f.dead);
+        let f = failure(&def, EventId(1), 30, InboxError::retry("again"));
+        assert!(f.next_at <= crate::model::max_time() && f.dead);
+    }
+}

@@ -304,7 +304,8 @@ pub(crate) fn check_metadata(metadata: &Map<String, Value>) -> Result<()> {
                 return Err(Error::ContainsNul { field: format!("metadata under `{}`", key.escape_debug()) });
             }
             Value::Object(_) | Value::Array(_) if depth > MAX_METADATA_DEPTH => {
-                return Err(Error::MetadataTooDeep { depth: depth_of(value, depth), max: MAX_METADATA_DEPTH });
+                let depth = metadata.values().fold(1, |d, v| d.max(depth_of(v, 2)));
+                return Err(Error::MetadataTooDeep { depth, max: MAX_METADATA_DEPTH });
             }
             Value::Object(map) => {
                 for (k, v) in map {

@@ -108,6 +108,12 @@ impl Store {
                 // one connection always open: SQLite drops an in-memory database with
                 // its last connection, and the pool closes idle ones.
                 opts = opts.shared_cache(true);
+                if opts.get_filename().as_os_str().is_empty() {
+                    // Shared only by name: a nameless one would be each connection's own.
+                    static MEMORY_DBS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+                    let n = MEMORY_DBS.fetch_add(1, Ordering::Relaxed);
+                    opts = opts.filename(format!("file:herald-memory-{}-{n}", std::process::id()));
+                }
                 pool = pool.min_connections(1).idle_timeout(None).max_lifetime(None);
             } else {
                 opts = opts.journal_mode(SqliteJournalMode::Wal);
