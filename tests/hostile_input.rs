@@ -40,6 +40,30 @@ async fn raw(store: &Store, sql: &str) -> Result<u64, sqlx::Error> {
     }
 }
 
+/// A user trigger that makes the database refuse inserting an event whose `column`
+/// is `value`: a failure Herald cannot foresee, in the middle of its statements.
+async fn refuse_events_where(store: &Store, column: &str, value: &str) {
+    let sql = match store.backend() {
+        herald::Backend::Sqlite => format!(
+            "CREATE TRIGGER refuse BEFORE INSERT ON herald_events WHEN NEW.{column} = '{value}' \
+             BEGIN SELECT RAISE(ABORT, 'refused {value}'); END"
+        ),
+        herald::Backend::Postgres => {
+            raw(
+                store,
+                &format!(
+                    "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+                     IF NEW.{column} = '{value}' THEN RAISE EXCEPTION 'refused {value}'; END IF; RETURN NEW; END $$"
+                ),
+            )
+            .await
+            .unwrap();
+            "CREATE TRIGGER refuse BEFORE INSERT ON herald_events FOR EACH ROW EXECUTE FUNCTION refuse()".to_owned()
+        }
+    };
+    raw(store, &sql).await.unwrap();
+}
+
 // ---- 1. poison events --------------------------------------------------------
 
 backend_test!(metadata_too_deep_to_read_back_is_refused, |store| async move {
@@ -100,22 +124,7 @@ backend_test!(a_huge_retry_after_is_clamped_not_a_panic, |store| async move {
 // ---- 8. record_all is all or nothing -----------------------------------------
 
 backend_test!(record_all_failing_mid_batch_writes_nothing, |store| async move {
-    let trigger = match store.backend() {
-        herald::Backend::Sqlite => "CREATE TRIGGER boom BEFORE INSERT ON herald_events WHEN NEW.subject_id = '4000' \
-                                   BEGIN SELECT RAISE(ABORT, 'boom at 4000'); END"
-            .to_owned(),
-        herald::Backend::Postgres => {
-            raw(
-                &store,
-                "CREATE FUNCTION boom() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
-                 IF NEW.subject_id = '4000' THEN RAISE EXCEPTION 'boom at 4000'; END IF; RETURN NEW; END $$",
-            )
-            .await
-            .unwrap();
-            "CREATE TRIGGER boom BEFORE INSERT ON herald_events FOR EACH ROW EXECUTE FUNCTION boom()".to_owned()
-        }
-    };
-    raw(&store, &trigger).await.unwrap();
+    refuse_events_where(&store, "subject_id", "4000").await;
     let mut tx = store.begin().await.unwrap();
     let events = (0..5000).map(|n| NewEvent::new(thing(n), "made", Actor::system()));
     assert!(matches!(tx.record_all(events).await, Err(Error::Database(_))));
@@ -588,22 +597,7 @@ backend_test!(a_panicking_filter_fails_its_event_and_the_inbox_goes_on, |store| 
 
 backend_test!(a_failed_statement_in_a_savepoint_aborts_only_the_savepoint, |store| async move {
     raw(&store, "CREATE TABLE notes (body TEXT NOT NULL)").await.unwrap();
-    let trigger = match store.backend() {
-        herald::Backend::Sqlite => "CREATE TRIGGER refuse BEFORE INSERT ON herald_events WHEN NEW.action = 'refused' \
-                                   BEGIN SELECT RAISE(ABORT, 'no'); END"
-            .to_owned(),
-        herald::Backend::Postgres => {
-            raw(
-                &store,
-                "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
-                 IF NEW.action = 'refused' THEN RAISE EXCEPTION 'no'; END IF; RETURN NEW; END $$",
-            )
-            .await
-            .unwrap();
-            "CREATE TRIGGER refuse BEFORE INSERT ON herald_events FOR EACH ROW EXECUTE FUNCTION refuse()".to_owned()
-        }
-    };
-    raw(&store, &trigger).await.unwrap();
+    refuse_events_where(&store, "action", "refused").await;
     let mut tx = store.begin().await.unwrap();
     tx.record(thing(1), "made", Actor::system()).await.unwrap();
     let mut sp = tx.savepoint().await.unwrap();

@@ -41,11 +41,21 @@
 //! dead-lettered, so one poison event cannot loop forever. Attempts are only counted
 //! when a handler fails, never when it is claimed.
 //!
+//! **Poison events and panics.** Each event of a batch is decoded on its own: one
+//! that cannot be read (stored by raw SQL or an older version: Herald refuses at
+//! record time what it could not read back) is dead-lettered at once with the reason,
+//! and the rest of the batch is delivered. A handler or filter that panics fails its
+//! event, which is retried like any failure. A panic in the dispatcher's own code
+//! fails that pass only (logged; [`Dispatcher::drain`] returns [`Error::Panicked`]);
+//! the inbox's task goes on. Retry delays are clamped to the year 9999.
+//!
 //! **Feedback loops.** An inbox's follow-up events (recorded through
-//! [`Context`]) carry the delivered event as their cause. Before the first of them is
-//! written, the chain of causes is measured (one recursive primary-key walk); past
-//! [`DispatcherBuilder::max_causation_depth`] the record fails with
-//! [`Error::CausationTooDeep`], which gives the delivery up at once.
+//! [`Context`]) carry the delivered event as their cause. Before the first event with
+//! a given cause is written in a transaction, the chain of causes is measured (one
+//! recursive primary-key walk); past [`DispatcherBuilder::max_causation_depth`] the
+//! record fails with [`Error::CausationTooDeep`], which gives the delivery up at
+//! once. An explicit `caused_by` is measured the same way, in any transaction, so a
+//! handler that opens its own (`cx.store().begin()`) cannot slip past the limit.
 //!
 //! **Wake-ups.** A commit that recorded events wakes this process's dispatchers at
 //! once and, on PostgreSQL, other processes through `LISTEN`/`NOTIFY` (sent after the

@@ -288,6 +288,22 @@ async fn connect_sqlite(pool: SqlitePoolOptions, opts: SqliteConnectOptions) -> 
     }
 }
 
+/// The state of a state-machine row found by its key, `None` without a row; refuses
+/// an id in another form than the key as stored (the database found the row by
+/// comparing `042` with 42, but events recorded under `042` would miss `42`'s trail).
+pub(crate) fn state_of_keyed_row(
+    table: &'static str,
+    subject: &Subject,
+    row: Option<(Option<String>, String)>,
+) -> Result<Option<Option<String>>> {
+    match row {
+        Some((_, stored)) if stored != subject.id => {
+            Err(Error::NonCanonicalId { table, given: subject.id.clone(), stored })
+        }
+        row => Ok(row.map(|(state, _)| state)),
+    }
+}
+
 /// One row of a feed page: its keys for the cursor, and the event or why it could
 /// not be read (one unreadable row never fails the page).
 #[derive(Debug)]
@@ -544,7 +560,12 @@ impl<'c> Transaction<'c> {
     /// [`Error::Aborted`], on both backends: PostgreSQL discards such a transaction
     /// whatever the caller does next, and a commit that returned `Ok` would claim the
     /// caller's own writes were kept. (Errors Herald finds before sending anything,
-    /// such as [`Error::UnknownAction`], leave the transaction usable.)
+    /// such as [`Error::UnknownAction`], leave the transaction usable.) Herald cannot
+    /// see the results of your own statements on [`postgres`](Self::postgres): when one
+    /// of them fails, PostgreSQL aborts the transaction; a Herald statement after it
+    /// fails too and makes this commit [`Error::Aborted`], but with none after it the
+    /// `COMMIT` of the aborted transaction looks like a success to sqlx. Handle your
+    /// own statements' errors (roll back) as with plain sqlx.
     pub async fn commit(self) -> Result<()> {
         if let Some(reason) = self.aborted {
             let rolled_back = match self.inner {

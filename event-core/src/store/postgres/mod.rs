@@ -239,12 +239,7 @@ pub(super) async fn read_state(
                 format!("SELECT {column}::text, {key}::text FROM {table} WHERE {key} = CAST($1 AS {})", types.key);
             let row: Option<(Option<String>, String)> =
                 sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(&subject.id).fetch_optional(conn).await?;
-            match row {
-                Some((_, stored)) if stored != subject.id => {
-                    return Err(Error::NonCanonicalId { table, given: subject.id.clone(), stored });
-                }
-                row => row.map(|(state, _)| state),
-            }
+            super::state_of_keyed_row(table, subject, row)?
         }
         _ => {
             sqlx::query_scalar("SELECT state FROM herald_states WHERE subject_type = $1 AND subject_id = $2")

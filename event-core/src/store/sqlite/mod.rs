@@ -193,12 +193,7 @@ pub(super) async fn read_state(
             let sql = format!("SELECT CAST({column} AS TEXT), CAST({key} AS TEXT) FROM {table} WHERE {key} = ?");
             let row: Option<(Option<String>, String)> =
                 sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(&subject.id).fetch_optional(conn).await?;
-            match row {
-                Some((_, stored)) if stored != subject.id => {
-                    return Err(Error::NonCanonicalId { table, given: subject.id.clone(), stored });
-                }
-                row => row.map(|(state, _)| state),
-            }
+            super::state_of_keyed_row(table, subject, row)?
         }
         Storage::Herald => {
             sqlx::query_scalar("SELECT state FROM herald_states WHERE subject_type = ? AND subject_id = ?")
