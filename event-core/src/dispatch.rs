@@ -19,20 +19,39 @@
 //! the event; each inbox writes one checkpoint `UPDATE` per batch (up to
 //! [`DispatcherBuilder::batch_size`] events); a failed delivery writes one row, and
 //! one more per retry. Waking from idle, an inbox re-takes its lease in the statement
-//! that reads its batch (PostgreSQL); if the new events are not for it, that same
-//! statement moves its checkpoint and takes no lease: one write per wake-up. Bookkeeping is O(inboxes + deliveries in trouble): successes
-//! leave nothing behind, and dead letters are pruned with [`Store::prune_dead`]
-//! (or [`DispatcherBuilder::dead_retention`]). Events themselves are kept.
+//! that reads its batch, and only if the batch holds something. If the new events are
+//! not for it, it writes nothing: it keeps its new position in memory and writes it
+//! only once it is 1,000 transactions (PostgreSQL) or events (SQLite) behind, or 5
+//! minutes old. Bookkeeping is O(inboxes + deliveries in trouble): successes leave
+//! nothing behind, and dead letters are pruned with [`Store::prune_dead`] (or
+//! [`DispatcherBuilder::dead_retention`]). Events themselves are kept.
 //!
-//! **Commit order.** PostgreSQL sequence values are taken at insert, not at commit: a
-//! transaction holding id 10 can commit after one holding id 11, and a cursor that
-//! trusted ids would step over 10. Each event therefore stores its writing
-//! transaction (`tx_id xid8`), positions are `(tx_id, id)`, and a reader only reads
-//! up to the *horizon*: the newest event whose transaction is older than every
-//! transaction still running (`pg_snapshot_xmin(pg_current_snapshot())`). Nothing can
-//! commit at or below the horizon any more, so a checkpoint never skips an event. On
-//! SQLite, writers hold the single write lock from `BEGIN IMMEDIATE` to `COMMIT`, so
-//! ids are already commit-ordered and the position is the id.
+//! **Commit order, and what may delay an event.** PostgreSQL sequence values are
+//! taken at insert, not at commit: a transaction holding id 10 can commit after one
+//! holding id 11, and a cursor that trusted ids would step over 10. Each event
+//! therefore stores its writing transaction (`tx_id xid8`), and an inbox reads by
+//! *snapshot pairs*, as PgQ does: its checkpoint is a snapshot `from` (every matching
+//! event visible in it was delivered) and, mid-pair, the snapshot `to` closing the
+//! pair and the last `(tx_id, id)` passed in it. The next pair's events are those
+//! visible in a fresh snapshot and not in `from`: exactly the transactions that
+//! committed in between, in whatever order they committed. So:
+//!
+//! - **only an event's own transaction delays it**: a long or prepared transaction, in
+//!   this database or another, holds back its own events and no other (an earlier
+//!   design read up to the oldest running transaction of the whole server, so one
+//!   idle `BEGIN` anywhere stopped every inbox);
+//! - **nothing is skipped**: a transaction that commits late lands in the pair in
+//!   which it became visible;
+//! - **order**: pairs follow each other in time, so an event whose transaction
+//!   committed before another's began comes first; within a pair (transactions that
+//!   committed between two reads, a few milliseconds apart) events go in
+//!   `(tx_id, id)` order.
+//!
+//! A pair's events are those of the transactions in progress at `from` (its `xip`
+//! list: index probes) and of those that began after it (one range of the
+//! `(tx_id, id)` index), so a read walks the index in order and stops at its limit.
+//! On SQLite, writers hold the single write lock from `BEGIN IMMEDIATE` to `COMMIT`,
+//! so ids are already commit-ordered and the checkpoint is the last id passed.
 //!
 //! **Crashes.** A lease that expires while its owner held it means the worker died or
 //! hung: the next worker re-delivers the unfinished batch (at least once) one event at
@@ -87,29 +106,96 @@ pub(crate) struct Position {
     pub(crate) id: i64,
 }
 
-/// The newest position every reader agrees on, and whether newer events exist that
-/// are not settled yet (their transaction, or an older one, is still running).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Horizon {
-    pub(crate) safe: Position,
-    pub(crate) unsettled: bool,
+/// What is committed, as one query sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum View {
+    /// SQLite: the newest event id (ids are handed out in commit order there).
+    Sqlite(i64),
+    /// PostgreSQL: the current snapshot (`pg_current_snapshot()`, as text).
+    Postgres(Arc<str>),
 }
+
+/// Where an inbox stands in the commit order of events: everything before it was
+/// delivered (or parked as a failed delivery).
+///
+/// - SQLite: `at` is the last event id passed; `from` and `to` are `None`.
+/// - PostgreSQL: every matching event visible in snapshot `from` was passed. Once a
+///   batch of the next *pair* was delivered, `to` holds the snapshot closing it: of
+///   the events visible in `to` but not in `from`, those up to `at` in
+///   `(tx_id, id)` order were passed. A pair's events are fixed when `to` is taken,
+///   so a pair can be read batch by batch, by any worker, after a crash too.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct Mark {
+    pub(crate) from: Option<Arc<str>>,
+    pub(crate) to: Option<Arc<str>>,
+    pub(crate) at: Position,
+}
+
+impl Mark {
+    /// Where a new inbox starts: at `view` (history skipped), or at the beginning.
+    pub(crate) fn start(view: &View, start: StartFrom) -> Mark {
+        match (view, start) {
+            (View::Sqlite(_), StartFrom::Beginning) => Mark::default(),
+            (View::Postgres(_), StartFrom::Beginning) => {
+                Mark { from: Some(Arc::from(EMPTY_SNAPSHOT)), ..Mark::default() }
+            }
+            (View::Sqlite(max), StartFrom::Now) => Mark { at: Position { tx: 0, id: *max }, ..Mark::default() },
+            (View::Postgres(snapshot), StartFrom::Now) => Mark { from: Some(snapshot.clone()), ..Mark::default() },
+        }
+    }
+
+    /// Whether nothing committed in `view` is past this mark.
+    pub(crate) fn caught_up(&self, view: &View) -> bool {
+        match view {
+            View::Sqlite(max) => self.at.id >= *max,
+            View::Postgres(snapshot) => self.to.is_none() && self.from.as_deref() == Some(&**snapshot),
+        }
+    }
+
+    /// The snapshot closing the pair read from this mark: the stored one mid-pair, else `view`.
+    pub(crate) fn pair_end<'a>(&'a self, view: &'a View) -> &'a str {
+        match (&self.to, view) {
+            (Some(to), _) => to,
+            (None, View::Postgres(snapshot)) => snapshot,
+            (None, View::Sqlite(_)) => "",
+        }
+    }
+
+    /// The mark after a batch read from this one up to `view`: inside the pair at
+    /// `last` if the batch was `full`, else past the whole pair.
+    pub(crate) fn after(&self, view: &View, last: Option<Position>, full: bool) -> Mark {
+        match (view, last) {
+            (View::Sqlite(_), Some(last)) if full => Mark { at: last, ..Mark::default() },
+            (View::Sqlite(max), _) => Mark { at: Position { tx: 0, id: (*max).max(self.at.id) }, ..Mark::default() },
+            (View::Postgres(_), Some(last)) if full => {
+                Mark { from: self.from.clone(), to: Some(Arc::from(self.pair_end(view))), at: last }
+            }
+            (View::Postgres(_), _) => {
+                Mark { from: Some(Arc::from(self.pair_end(view))), to: None, at: Position::default() }
+            }
+        }
+    }
+}
+
+/// A snapshot in which no transaction is visible: the mark of an inbox that starts
+/// from the beginning.
+pub(crate) const EMPTY_SNAPSHOT: &str = "1:1:";
 
 /// An inbox row as read when leasing it.
 #[derive(Debug)]
 pub(crate) struct LeaseRow {
-    pub(crate) checkpoint: Position,
+    pub(crate) checkpoint: Mark,
     pub(crate) owner: Option<String>,
     pub(crate) until: Option<DateTime<Utc>>,
-    pub(crate) crash_at: Option<Position>,
+    pub(crate) crash_at: Option<Mark>,
     pub(crate) crashes: u32,
 }
 
 /// A lease on an inbox: its checkpoint, and what crashes happened at it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Lease {
-    pub(crate) checkpoint: Position,
-    pub(crate) crash_at: Option<Position>,
+    pub(crate) checkpoint: Mark,
+    pub(crate) crash_at: Option<Mark>,
     pub(crate) crashes: u32,
     /// Taken over from a worker whose lease expired: it died or hung mid-batch.
     pub(crate) taken_over: bool,
@@ -124,7 +210,7 @@ impl LeaseRow {
         }
         let (crash_at, crashes) = match (other, self.crash_at) {
             (true, Some(at)) if at == self.checkpoint => (Some(at), self.crashes + 1),
-            (true, _) => (Some(self.checkpoint), 1),
+            (true, _) => (Some(self.checkpoint.clone()), 1),
             (false, at) => (at, self.crashes),
         };
         Some(Lease { checkpoint: self.checkpoint, crash_at, crashes, taken_over: other })
@@ -134,7 +220,7 @@ impl LeaseRow {
 impl Lease {
     /// Expired leases while the checkpoint stood where it stands now.
     fn crashes_here(&self) -> u32 {
-        if self.crash_at == Some(self.checkpoint) { self.crashes } else { 0 }
+        if self.crash_at.as_ref() == Some(&self.checkpoint) { self.crashes } else { 0 }
     }
 }
 
@@ -153,8 +239,11 @@ pub(crate) struct Failure {
 pub(crate) enum Relet {
     /// The row changed since this worker released it: take the lease the long way.
     Changed,
-    /// Nothing for the inbox up to the horizon: the checkpoint moved there, no lease kept.
+    /// Nothing for the inbox up to the view: the checkpoint moved there, no lease kept.
     Advanced,
+    /// Nothing for the inbox up to the view, and nothing written (the caller keeps
+    /// the new position in memory until it is worth a write).
+    Empty,
     /// Leased, with the next batch.
     Leased(Batch),
 }
@@ -428,11 +517,53 @@ struct Inner {
 }
 
 /// What a worker knows of an inbox row it wrote or read last.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Known {
-    checkpoint: Position,
+    /// The checkpoint as stored.
+    checkpoint: Mark,
+    /// How far this worker has found nothing more for the inbox: at or past
+    /// `checkpoint`. Kept in memory, written when it is worth a write ([`persist_due`]).
+    seen: Mark,
+    /// When `checkpoint` was written.
+    written: tokio::time::Instant,
     /// Until when this worker holds the lease, if it does.
     lease_until: Option<DateTime<Utc>>,
+}
+
+impl Known {
+    /// Just written (or read) from the database.
+    fn stored(checkpoint: Mark, lease_until: Option<DateTime<Utc>>) -> Self {
+        Known { seen: checkpoint.clone(), checkpoint, written: tokio::time::Instant::now(), lease_until }
+    }
+}
+
+/// Whether an inbox that found nothing new should write its position now. Not per
+/// wake-up: an inbox the new events do not concern would write once per event. But
+/// not never either: a stale stored position makes every later read start further
+/// back (and a worker taking over re-reads from there). So: once 1,000 transactions
+/// (PostgreSQL) or events (SQLite) behind, or after 5 minutes.
+fn persist_due(known: &Known, seen: &Mark) -> bool {
+    const BEHIND: u64 = 1_000;
+    const EVERY: Duration = Duration::from_secs(300);
+    let behind = match (known.checkpoint.from.as_deref(), seen.from.as_deref()) {
+        (Some(stored), Some(seen)) => snapshot_xmax(seen).saturating_sub(snapshot_xmax(stored)),
+        _ => seen.at.id.saturating_sub(known.checkpoint.at.id).unsigned_abs(),
+    };
+    behind >= BEHIND || known.written.elapsed() >= EVERY
+}
+
+/// The `xmax` of a snapshot's text form (`xmin:xmax:xip,…`); 0 if unreadable.
+pub(crate) fn snapshot_xmax(snapshot: &str) -> u64 {
+    snapshot.split(':').nth(1).and_then(|x| x.parse().ok()).unwrap_or(0)
+}
+
+/// The transactions in progress in a snapshot's text form (`xmin:xmax:xip,…`).
+pub(crate) fn snapshot_xip(snapshot: &str) -> Vec<String> {
+    snapshot
+        .split(':')
+        .nth(2)
+        .map(|xip| xip.split(',').filter(|x| !x.is_empty()).map(str::to_owned).collect())
+        .unwrap_or_default()
 }
 
 /// What one pass over an inbox did.
@@ -477,13 +608,12 @@ impl Dispatcher {
     pub async fn drain(&self) -> Result<Drained> {
         self.start().await?;
         let mut total = Drained::default();
-        let settle_deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let horizon = self.inner.store.horizon().await?;
+            let view = self.inner.store.view().await?;
             let mut progressed = false;
             for def in self.inner.registry.iter() {
                 loop {
-                    let pass = caught(self.pump_inbox(def, horizon.safe)).await?;
+                    let pass = caught(self.pump_inbox(def, &view)).await?;
                     total.delivered += pass.delivered;
                     total.failed += pass.failed;
                     progressed |= pass.delivered + pass.failed > 0;
@@ -497,11 +627,6 @@ impl Dispatcher {
             total.failed += pass.failed;
             progressed |= pass.delivered + pass.failed > 0;
             if !progressed && !pass.more {
-                // Events newer than the horizon wait for older transactions to end.
-                if horizon.unsettled && tokio::time::Instant::now() < settle_deadline {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                    continue;
-                }
                 return Ok(total);
             }
         }
@@ -549,12 +674,12 @@ impl Dispatcher {
     /// Status of every inbox known to the database or registered here, by name.
     pub async fn status(&self) -> Result<Vec<InboxStatus>> {
         self.start().await?;
-        let horizon = self.inner.store.horizon().await?;
+        let view = self.inner.store.view().await?;
         let mut out = Vec::new();
         for (name, checkpoint, retrying, dead) in self.inner.store.inbox_rows().await? {
             let def = self.inner.registry.get(&name);
             let pending = match def {
-                Some(def) => Some(self.inner.store.pending(def, checkpoint, horizon.safe).await?),
+                Some(def) => Some(self.inner.store.pending(def, &checkpoint, &view).await?),
                 None => None,
             };
             out.push(InboxStatus { name, registered: def.is_some(), pending, retrying, dead });
@@ -563,8 +688,8 @@ impl Dispatcher {
     }
 
     /// The database's plan (`EXPLAIN`; SQLite: `EXPLAIN QUERY PLAN`) for the next batch
-    /// read of the registered inbox `inbox`, from its checkpoint to the current
-    /// horizon. A healthy plan walks the position index in order (PostgreSQL
+    /// read of the registered inbox `inbox`, from its checkpoint to what is committed
+    /// now. A healthy plan walks the position index in order (PostgreSQL
     /// `herald_events_position`, SQLite the primary key) and stops at the batch size,
     /// so reading a batch costs the same whatever the size of the table.
     ///
@@ -572,7 +697,7 @@ impl Dispatcher {
     pub async fn explain(&self, inbox: &str) -> Result<String> {
         let def = self.inner.registry.get(inbox).ok_or_else(|| Error::UnknownInbox(inbox.to_owned()))?;
         self.start().await?;
-        let horizon = self.inner.store.horizon().await?;
+        let view = self.inner.store.view().await?;
         let checkpoint = self
             .inner
             .store
@@ -580,8 +705,8 @@ impl Dispatcher {
             .await?
             .into_iter()
             .find_map(|(name, checkpoint, _, _)| (name == inbox).then_some(checkpoint))
-            .unwrap_or_default();
-        self.inner.store.explain_batch(def, checkpoint, horizon.safe, self.inner.batch_size).await
+            .unwrap_or_else(|| Mark::start(&view, StartFrom::Beginning));
+        self.inner.store.explain_batch(def, &checkpoint, &view, self.inner.batch_size).await
     }
 
     /// Registers the inboxes in the database (once; [`run`](Self::run),
@@ -597,7 +722,7 @@ impl Dispatcher {
             .started
             .get_or_try_init(|| async {
                 let store = &self.inner.store;
-                let horizon = store.horizon().await?;
+                let view = store.view().await?;
                 for def in self.inner.registry.iter() {
                     tracing::info!(
                         inbox = def.name,
@@ -606,14 +731,10 @@ impl Dispatcher {
                         location = %def.location(),
                         "herald inbox registered"
                     );
-                    let start = match def.start_from {
-                        StartFrom::Beginning => Position::default(),
-                        StartFrom::Now => horizon.safe,
-                    };
-                    store.sync_inbox(def.name, start, def.start_from == StartFrom::Now, now()).await?;
+                    store.sync_inbox(def.name, &Mark::start(&view, def.start_from), now()).await?;
                 }
                 for (name, checkpoint, retrying, dead) in store.inbox_rows().await? {
-                    if self.inner.registry.get(&name).is_none() && (retrying + dead > 0 || checkpoint < horizon.safe) {
+                    if self.inner.registry.get(&name).is_none() && (retrying + dead > 0 || !checkpoint.caught_up(&view)) {
                         tracing::warn!(
                             inbox = %name,
                             retrying,
@@ -633,28 +754,16 @@ impl Dispatcher {
     async fn inbox_loop(&self, def: &'static InboxDef, mut stop: tokio::sync::watch::Receiver<bool>) {
         let mut commits = self.inner.store.subscribe_commits();
         let poll = self.inner.poll_interval;
-        let mut settle = Duration::from_millis(2);
         while !*stop.borrow() {
             commits.mark_unchanged();
             let outcome = caught(async {
-                let horizon = self.inner.store.horizon().await?;
-                let pass = self.pump_inbox(def, horizon.safe).await?;
-                Ok::<_, Error>((pass, horizon.unsettled))
+                let view = self.inner.store.view().await?;
+                self.pump_inbox(def, &view).await
             })
             .await;
             let wait = match outcome {
-                Ok((pass, _)) if pass.more => continue,
-                // Newer events wait for older transactions to end: look again soon, then
-                // less and less often.
-                Ok((_, true)) => {
-                    let wait = settle;
-                    settle = (settle * 2).min(poll);
-                    wait.min(poll)
-                }
-                Ok((_, false)) => {
-                    settle = Duration::from_millis(2);
-                    poll
-                }
+                Ok(pass) if pass.more => continue,
+                Ok(_) => poll,
                 Err(e) => {
                     tracing::warn!(inbox = def.name, error = %e, "herald: delivery pass failed; will retry");
                     poll
@@ -699,26 +808,35 @@ impl Dispatcher {
     }
 
     /// One batch of one inbox: lease it, deliver, move the checkpoint.
-    async fn pump_inbox(&self, def: &'static InboxDef, horizon: crate::dispatch::Position) -> Result<Pass> {
+    async fn pump_inbox(&self, def: &'static InboxDef, view: &View) -> Result<Pass> {
         let inner = &*self.inner;
         let store = &inner.store;
         let t = now();
-        let known = inner.known.lock().ok().and_then(|k| k.get(def.name).copied());
-        if known.is_some_and(|k| k.checkpoint >= horizon) {
+        let known = inner.known.lock().ok().and_then(|k| k.get(def.name).cloned());
+        if known.as_ref().is_some_and(|k| k.seen.caught_up(view)) {
             return Ok(Pass::default()); // checkpoints only move forward: nothing to do
         }
         // Released by this worker, most likely untouched since: take it back and read
-        // the batch in one statement (the wake-up path after a quiet spell).
-        let relet = match known {
-            Some(Known { checkpoint, lease_until: None }) => {
+        // the batch in one statement (the wake-up path after a quiet spell). The read
+        // starts where this worker last found nothing; the lease is taken only if
+        // there is something, and the position is written only if it is due.
+        let relet = match &known {
+            Some(k @ Known { lease_until: None, .. }) => {
                 let (until, limit) = (t + chrono_of(inner.lease), self.batch_limit(def.name)?);
-                match store.relet_and_read(def, &inner.me, checkpoint, t, until, horizon, limit).await? {
+                let passed = k.seen.after(view, None, false);
+                let write = persist_due(k, &passed).then_some(&passed);
+                match store.relet_and_read(def, &inner.me, &k.checkpoint, &k.seen, write, t, until, view, limit).await?
+                {
                     Relet::Changed => None,
                     Relet::Advanced => {
-                        self.remember(def.name, Some(Known { checkpoint: horizon, lease_until: None }));
+                        self.remember(def.name, Some(Known::stored(passed, None)));
                         return Ok(Pass::default());
                     }
-                    Relet::Leased(batch) => Some((checkpoint, batch)),
+                    Relet::Empty => {
+                        self.remember(def.name, Some(Known { seen: passed, ..k.clone() }));
+                        return Ok(Pass::default());
+                    }
+                    Relet::Leased(batch) => Some((k.seen.clone(), batch)),
                 }
             }
             _ => None,
@@ -730,7 +848,9 @@ impl Dispatcher {
                 Lease { checkpoint, crash_at: None, crashes: 0, taken_over: false }
             }
             // Still ours for a good while: no need to ask the database again.
-            (Some(Known { checkpoint, lease_until: Some(until) }), None) if until > t + chrono_of(inner.lease / 2) => {
+            (Some(Known { checkpoint, lease_until: Some(until), .. }), None)
+                if until > t + chrono_of(inner.lease / 2) =>
+            {
                 Lease { checkpoint, crash_at: None, crashes: 0, taken_over: false }
             }
             _ => match store.lease_inbox(def.name, &inner.me, t, t + chrono_of(inner.lease)).await? {
@@ -738,9 +858,9 @@ impl Dispatcher {
                 None => return Ok(Pass::default()),
             },
         };
-        if lease.checkpoint >= horizon {
-            let released = store.advance(def.name, &inner.me, lease.checkpoint, None, &[], now()).await?;
-            self.remember(def.name, released.then_some(Known { checkpoint: lease.checkpoint, lease_until: None }));
+        if lease.checkpoint.caught_up(view) {
+            let released = store.advance(def.name, &inner.me, &lease.checkpoint, None, &[], now()).await?;
+            self.remember(def.name, released.then(|| Known::stored(lease.checkpoint, None)));
             return Ok(Pass::default());
         }
         if lease.taken_over {
@@ -759,14 +879,11 @@ impl Dispatcher {
         let limit = if careful { 1 } else { inner.batch_size };
         let batch: Batch = match prefetched {
             Some(batch) => batch,
-            None => store.read_batch(def, lease.checkpoint, horizon, limit).await?,
+            None => store.read_batch(def, &lease.checkpoint, view, limit).await?,
         };
-        let to = match batch.last() {
-            Some((pos, _)) if batch.len() == limit => *pos,
-            _ => horizon,
-        };
+        let to = lease.checkpoint.after(view, batch.last().map(|(pos, _)| *pos), batch.len() == limit);
         let read = batch.len();
-        let mut pass = Pass { more: to < horizon, ..Pass::default() };
+        let mut pass = Pass { more: !to.caught_up(view), ..Pass::default() };
         let failures = if careful && lease.crashes_here() >= inner.max_lease_expiries {
             // This event kept killing its workers: dead-letter it and move on.
             batch
@@ -790,12 +907,12 @@ impl Dispatcher {
         };
         pass.failed = failures.len() as u64;
         let renew = pass.more.then(|| now() + chrono_of(inner.lease));
-        if !store.advance(def.name, &inner.me, to, renew, &failures, now()).await? {
+        if !store.advance(def.name, &inner.me, &to, renew, &failures, now()).await? {
             tracing::warn!(inbox = def.name, "herald: lease lost mid-batch; its new owner re-delivers the batch");
             self.remember(def.name, None);
             return Ok(Pass::default());
         }
-        self.remember(def.name, Some(Known { checkpoint: to, lease_until: renew }));
+        self.remember(def.name, Some(Known::stored(to, renew)));
         if careful && let Ok(mut careful) = inner.careful.lock() {
             let left = careful.entry(def.name).or_default();
             *left = left.saturating_sub(read.max(1));

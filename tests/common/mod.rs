@@ -6,6 +6,8 @@
 //! CI (`CI` set) it fails the test.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod cluster;
+
 use herald::Store;
 use herald::testing::TestStore;
 

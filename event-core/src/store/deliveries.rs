@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 
 use super::{Pool, Store, postgres, sqlite};
-use crate::dispatch::{Claimed, DeadLetter, Failure, Horizon, Lease, Position, Relet};
+use crate::dispatch::{Claimed, DeadLetter, Failure, Lease, Mark, Relet, View};
 use crate::error::Result;
 use crate::inbox::InboxDef;
 
@@ -31,18 +31,13 @@ impl Store {
         self.wake.is_own(pid)
     }
 
-    pub(crate) async fn horizon(&self) -> Result<Horizon> {
-        on_backend!(self, horizon())
+    /// What is committed now: one query.
+    pub(crate) async fn view(&self) -> Result<View> {
+        on_backend!(self, view())
     }
 
-    pub(crate) async fn sync_inbox(
-        &self,
-        name: &str,
-        start: Position,
-        skip_history: bool,
-        now: DateTime<Utc>,
-    ) -> Result<()> {
-        on_backend!(self, sync_inbox(name, start, skip_history, now))
+    pub(crate) async fn sync_inbox(&self, name: &str, start: &Mark, now: DateTime<Utc>) -> Result<()> {
+        on_backend!(self, sync_inbox(name, start, now))
     }
 
     pub(crate) async fn lease_inbox(
@@ -55,41 +50,44 @@ impl Store {
         on_backend!(self, lease_inbox(name, me, now, until))
     }
 
-    /// Re-takes a lease this worker released (row untouched since) and reads the next
-    /// batch from its checkpoint; with nothing for the inbox, moves the checkpoint to
-    /// `upto` instead and keeps no lease.
+    /// Re-takes a lease this worker released (the row still at `checkpoint`) and reads
+    /// the next batch from `from` (at or past it, in memory) up to `view`. With nothing
+    /// for the inbox, takes no lease and moves the checkpoint to `passed` if given,
+    /// else writes nothing.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn relet_and_read(
         &self,
         def: &InboxDef,
         me: &str,
-        checkpoint: Position,
+        checkpoint: &Mark,
+        from: &Mark,
+        passed: Option<&Mark>,
         now: DateTime<Utc>,
         until: DateTime<Utc>,
-        upto: Position,
+        view: &View,
         limit: usize,
     ) -> Result<Relet> {
-        on_backend!(self, relet_and_read(def, me, checkpoint, now, until, upto, limit))
+        on_backend!(self, relet_and_read(def, me, checkpoint, from, passed, now, until, view, limit))
     }
 
     pub(crate) async fn read_batch(
         &self,
         def: &InboxDef,
-        after: Position,
-        upto: Position,
+        after: &Mark,
+        view: &View,
         limit: usize,
     ) -> Result<crate::dispatch::Batch> {
-        on_backend!(self, read_batch(def, after, upto, limit))
+        on_backend!(self, read_batch(def, after, view, limit))
     }
 
     pub(crate) async fn explain_batch(
         &self,
         def: &InboxDef,
-        after: Position,
-        upto: Position,
+        after: &Mark,
+        view: &View,
         limit: usize,
     ) -> Result<String> {
-        on_backend!(self, explain_batch(def, after, upto, limit))
+        on_backend!(self, explain_batch(def, after, view, limit))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -97,7 +95,7 @@ impl Store {
         &self,
         name: &str,
         me: &str,
-        to: Position,
+        to: &Mark,
         renew: Option<DateTime<Utc>>,
         failures: &[Failure],
         now: DateTime<Utc>,
@@ -166,11 +164,11 @@ impl Store {
         on_backend!(self, prune_dead(before))
     }
 
-    pub(crate) async fn inbox_rows(&self) -> Result<Vec<(String, Position, i64, i64)>> {
+    pub(crate) async fn inbox_rows(&self) -> Result<Vec<(String, Mark, i64, i64)>> {
         on_backend!(self, inbox_rows())
     }
 
-    pub(crate) async fn pending(&self, def: &InboxDef, after: Position, upto: Position) -> Result<i64> {
-        on_backend!(self, pending(def, after, upto))
+    pub(crate) async fn pending(&self, def: &InboxDef, after: &Mark, view: &View) -> Result<i64> {
+        on_backend!(self, pending(def, after, view))
     }
 }

@@ -1,68 +1,65 @@
 //! PostgreSQL delivery state. Mirrors `sqlite/dispatch.rs`.
 //!
-//! A position is `(tx_id, id)`. The horizon is the newest event whose transaction
-//! is older than every transaction still running (`pg_snapshot_xmin`): nothing can
-//! ever commit at or below it, so a checkpoint never skips an event that commits
-//! late, whatever order transactions commit in. Retry rows are claimed with
-//! `FOR UPDATE SKIP LOCKED`, so several dispatchers share them without waiting.
+//! Inboxes read by *snapshot pairs*, as PgQ does: a batch holds the events visible in
+//! the snapshot closing the pair and not in the one opening it. An event becomes
+//! visible when its own transaction commits, so a long or prepared transaction, in
+//! this database or another, holds back its own events only; and no event is ever
+//! skipped, whatever order transactions commit in (a late committer lands in the pair
+//! in which it became visible). Within a pair, events go in `(tx_id, id)` order. The
+//! events of a pair are those of the transactions in progress at its opening snapshot
+//! (its `xip` list: a few index probes) and those that started after it (one range
+//! of the `(tx_id, id)` index), so a read walks the index in order and stops at its
+//! `LIMIT`. Retry rows are claimed with `FOR UPDATE SKIP LOCKED`, so several
+//! dispatchers share them without waiting.
+
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use sqlx::postgres::PgPool;
+use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row};
 
 use super::{EVENT_COLUMNS, decode};
-use crate::dispatch::{Batch, Claimed, DeadLetter, Failure, Horizon, Lease, LeaseRow, Position, Relet};
+use crate::dispatch::{Batch, Claimed, DeadLetter, Failure, Lease, LeaseRow, Mark, Position, Relet, View};
 use crate::error::{Error, Result};
 use crate::inbox::InboxDef;
 use crate::model::{Event, EventId};
 
-/// Two index probes on `(tx_id, id)`, whatever the statistics: `max(tx_id)` (one
-/// probe at the end of the index) says whether anything is unsettled, and the
-/// snapshot's xmin is written into the `WHERE` of the backward scan (a stable
-/// expression the planner uses as an index bound) — never materialized in a CTE,
-/// which would turn both into scans of the whole table.
-pub(crate) async fn horizon(pool: &PgPool) -> Result<Horizon> {
-    let row = sqlx::query(
-        "SELECT h.tx, h.id, \
-                COALESCE((SELECT max(tx_id) FROM herald_events) >= pg_snapshot_xmin(pg_current_snapshot()), FALSE) \
-                AS unsettled \
-         FROM (SELECT 1) AS one LEFT JOIN LATERAL ( \
-             SELECT tx_id::text::bigint AS tx, id FROM herald_events \
-             WHERE tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
-             ORDER BY tx_id DESC, id DESC LIMIT 1) AS h ON TRUE",
-    )
-    .fetch_one(pool)
-    .await?;
-    Ok(Horizon {
-        safe: Position {
-            tx: row.try_get::<Option<i64>, _>("tx")?.unwrap_or(0),
-            id: row.try_get::<Option<i64>, _>("id")?.unwrap_or(0),
-        },
-        unsettled: row.try_get("unsettled")?,
-    })
+/// The current snapshot: one query, no table read.
+pub(crate) async fn view(pool: &PgPool) -> Result<View> {
+    let snapshot: String = sqlx::query_scalar("SELECT pg_current_snapshot()::text").fetch_one(pool).await?;
+    Ok(View::Postgres(Arc::from(snapshot)))
 }
 
-/// A new inbox that skips history remembers the current snapshot: events visible in
-/// it are history, even those above the horizon.
-pub(crate) async fn sync_inbox(
-    pool: &PgPool,
-    name: &str,
-    start: Position,
-    skip_history: bool,
-    now: DateTime<Utc>,
-) -> Result<()> {
+pub(crate) async fn sync_inbox(pool: &PgPool, name: &str, start: &Mark, now: DateTime<Utc>) -> Result<()> {
     sqlx::query(
-        "INSERT INTO herald_inboxes (name, checkpoint_tx, checkpoint_id, start_snapshot, created_at, updated_at) \
-         VALUES ($1, $2, $3, CASE WHEN $5 THEN pg_current_snapshot()::text END, $4, $4) ON CONFLICT (name) DO NOTHING",
+        "INSERT INTO herald_inboxes (name, checkpoint_tx, checkpoint_id, snap_from, created_at, updated_at) \
+         VALUES ($1, 0, 0, $2, $3, $3) ON CONFLICT (name) DO NOTHING",
     )
     .bind(name)
-    .bind(start.tx)
-    .bind(start.id)
+    .bind(start.from.as_deref().unwrap_or(crate::dispatch::EMPTY_SNAPSHOT))
     .bind(now)
-    .bind(skip_history)
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// The mark stored in an inbox row (or its crash columns, with `prefix` "crash_").
+fn mark(row: &PgRow, from: &str, to: &str, tx: &str, id: &str) -> Result<Option<Mark>> {
+    let from: Option<String> = row.try_get(from)?;
+    let (tx, id): (Option<i64>, Option<i64>) = (row.try_get(tx)?, row.try_get(id)?);
+    Ok(match (from, tx, id) {
+        (Some(from), Some(tx), Some(id)) => Some(Mark {
+            from: Some(Arc::from(from)),
+            to: row.try_get::<Option<String>, _>(to)?.map(Arc::from),
+            at: Position { tx, id },
+        }),
+        _ => None,
+    })
+}
+
+fn checkpoint(row: &PgRow) -> Result<Mark> {
+    mark(row, "snap_from", "snap_to", "checkpoint_tx", "checkpoint_id")?
+        .ok_or_else(|| Error::InvalidConfig("an inbox row without a checkpoint".into()))
 }
 
 /// Optimistic, two round trips and no transaction: read the row, decide in Rust
@@ -76,71 +73,113 @@ pub(crate) async fn lease_inbox(
     until: DateTime<Utc>,
 ) -> Result<Option<Lease>> {
     let row = sqlx::query(
-        "SELECT checkpoint_tx, checkpoint_id, lease_owner, lease_until, crash_tx, crash_id, crashes \
-         FROM herald_inboxes WHERE name = $1",
+        "SELECT snap_from, snap_to, checkpoint_tx, checkpoint_id, lease_owner, lease_until, \
+         crash_from, crash_to, crash_tx, crash_id, crashes FROM herald_inboxes WHERE name = $1",
     )
     .bind(name)
     .fetch_optional(pool)
     .await?;
     let Some(row) = row else { return Ok(None) };
     let current = LeaseRow {
-        checkpoint: Position { tx: row.try_get("checkpoint_tx")?, id: row.try_get("checkpoint_id")? },
+        checkpoint: checkpoint(&row)?,
         owner: row.try_get("lease_owner")?,
         until: row.try_get("lease_until")?,
-        crash_at: match (row.try_get::<Option<i64>, _>("crash_tx")?, row.try_get::<Option<i64>, _>("crash_id")?) {
-            (Some(tx), Some(id)) => Some(Position { tx, id }),
-            _ => None,
-        },
+        crash_at: mark(&row, "crash_from", "crash_to", "crash_tx", "crash_id")?,
         crashes: row.try_get::<i32, _>("crashes")? as u32,
     };
     let (owner, owner_until) = (current.owner.clone(), current.until);
     let Some(lease) = current.acquire(me, now) else { return Ok(None) };
+    let crash = lease.crash_at.as_ref();
     let taken = sqlx::query(
         "UPDATE herald_inboxes SET lease_owner = $1, lease_until = $2, crash_tx = $3, crash_id = $4, crashes = $5, \
-         updated_at = $6 WHERE name = $7 AND checkpoint_tx = $8 AND checkpoint_id = $9 \
+         crash_from = $12, crash_to = $13, updated_at = $6 WHERE name = $7 AND checkpoint_tx = $8 \
+         AND checkpoint_id = $9 AND snap_from = $14 AND snap_to IS NOT DISTINCT FROM $15 \
          AND lease_owner IS NOT DISTINCT FROM $10 AND lease_until IS NOT DISTINCT FROM $11",
     )
     .bind(me)
     .bind(until)
-    .bind(lease.crash_at.map(|p| p.tx))
-    .bind(lease.crash_at.map(|p| p.id))
+    .bind(crash.map(|m| m.at.tx))
+    .bind(crash.map(|m| m.at.id))
     .bind(lease.crashes as i32)
     .bind(now)
     .bind(name)
-    .bind(lease.checkpoint.tx)
-    .bind(lease.checkpoint.id)
+    .bind(lease.checkpoint.at.tx)
+    .bind(lease.checkpoint.at.id)
     .bind(owner)
     .bind(owner_until)
+    .bind(crash.and_then(|m| m.from.as_deref()))
+    .bind(crash.and_then(|m| m.to.as_deref()))
+    .bind(lease.checkpoint.from.as_deref())
+    .bind(lease.checkpoint.to.as_deref())
     .execute(pool)
     .await?;
     Ok((taken.rows_affected() == 1).then_some(lease))
 }
 
+/// Appends `AND` terms matching the row's checkpoint columns to `mark`.
+fn push_mark_is(q: &mut QueryBuilder<Postgres>, mark: &Mark) {
+    q.push(" AND checkpoint_tx = ").push_bind(mark.at.tx).push(" AND checkpoint_id = ").push_bind(mark.at.id);
+    q.push(" AND snap_from = ").push_bind(mark.from.as_deref().unwrap_or_default().to_owned());
+    q.push(" AND snap_to IS NOT DISTINCT FROM ").push_bind(mark.to.as_deref().map(str::to_owned));
+}
+
 /// Takes an unowned lease back, if the row is exactly as this worker left it
 /// (unowned, same checkpoint: no crash to account for), and reads the next batch, in
 /// one statement and one round trip. When nothing is there for the inbox up to
-/// `upto`, the same statement moves the checkpoint to `upto` and keeps no lease: an
+/// `view`, the same statement moves the checkpoint to `passed` and keeps no lease: an
 /// inbox the new events do not concern costs one write, not a lease and a release.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn relet_and_read(
     pool: &PgPool,
     def: &InboxDef,
     me: &str,
-    checkpoint: Position,
+    checkpoint: &Mark,
+    from: &Mark,
+    passed: Option<&Mark>,
     now: DateTime<Utc>,
     until: DateTime<Utc>,
-    upto: Position,
+    view: &View,
     limit: usize,
 ) -> Result<Relet> {
     let mut q = QueryBuilder::<Postgres>::new("WITH batch AS (");
-    push_batch(&mut q, def, checkpoint, upto, limit);
+    push_batch(&mut q, def, from, view, limit);
+    let Some(passed) = passed else {
+        // Nothing is written unless there is a batch: the row is only leased then.
+        q.push("), lease AS (UPDATE herald_inboxes SET lease_owner = ").push_bind(me);
+        q.push(", lease_until = ").push_bind(until).push(", updated_at = ").push_bind(now);
+        q.push(" WHERE name = ").push_bind(def.name).push(" AND lease_owner IS NULL AND EXISTS (SELECT 1 FROM batch)");
+        push_mark_is(&mut q, checkpoint);
+        q.push(
+            " RETURNING 1) SELECT (SELECT count(*) FROM lease) AS leased, (SELECT count(*) FROM batch) AS found, b.* \
+                FROM (SELECT 1) AS one LEFT JOIN batch AS b ON TRUE",
+        );
+        let rows = q.build().fetch_all(pool).await?;
+        let found = rows.first().map(|r| r.try_get::<i64, _>("found")).transpose()?.unwrap_or(0);
+        if found == 0 {
+            return Ok(Relet::Empty);
+        }
+        if rows.first().map(|r| r.try_get::<i64, _>("leased")).transpose()? != Some(1) {
+            return Ok(Relet::Changed);
+        }
+        return batch_of(&rows).map(Relet::Leased);
+    };
     q.push("), lease AS (UPDATE herald_inboxes SET lease_owner = CASE WHEN EXISTS (SELECT 1 FROM batch) THEN ");
     q.push_bind(me).push(" END, lease_until = CASE WHEN EXISTS (SELECT 1 FROM batch) THEN ").push_bind(until);
-    q.push(" END, checkpoint_tx = CASE WHEN EXISTS (SELECT 1 FROM batch) THEN checkpoint_tx ELSE ").push_bind(upto.tx);
-    q.push(" END, checkpoint_id = CASE WHEN EXISTS (SELECT 1 FROM batch) THEN checkpoint_id ELSE ").push_bind(upto.id);
+    let keep_or = |q: &mut QueryBuilder<Postgres>, column: &str| {
+        q.push(format!(" END, {column} = CASE WHEN EXISTS (SELECT 1 FROM batch) THEN {column} ELSE "));
+    };
+    keep_or(&mut q, "checkpoint_tx");
+    q.push_bind(passed.at.tx);
+    keep_or(&mut q, "checkpoint_id");
+    q.push_bind(passed.at.id);
+    keep_or(&mut q, "snap_from");
+    q.push_bind(passed.from.as_deref().unwrap_or_default().to_owned());
+    keep_or(&mut q, "snap_to");
+    q.push_bind(passed.to.as_deref().map(str::to_owned));
     q.push(" END, updated_at = ").push_bind(now);
-    q.push(" WHERE name = ").push_bind(def.name).push(" AND lease_owner IS NULL AND checkpoint_tx = ");
-    q.push_bind(checkpoint.tx).push(" AND checkpoint_id = ").push_bind(checkpoint.id).push(" RETURNING 1) ");
+    q.push(" WHERE name = ").push_bind(def.name).push(" AND lease_owner IS NULL");
+    push_mark_is(&mut q, checkpoint);
+    q.push(" RETURNING 1) ");
     q.push(
         "SELECT l.leased, b.* FROM (SELECT count(*) AS leased FROM lease) AS l LEFT JOIN batch AS b ON l.leased = 1",
     );
@@ -148,56 +187,114 @@ pub(crate) async fn relet_and_read(
     if rows.first().map(|r| r.try_get::<i64, _>("leased")).transpose()? != Some(1) {
         return Ok(Relet::Changed);
     }
+    let batch = batch_of(&rows)?;
+    Ok(if batch.is_empty() { Relet::Advanced } else { Relet::Leased(batch) })
+}
+
+/// The events of a joined batch read; no event for the inbox leaves one row of NULLs.
+fn batch_of(rows: &[PgRow]) -> Result<Batch> {
     let mut batch = Vec::with_capacity(rows.len());
-    for r in &rows {
-        // No event for the inbox: the one row the join keeps has NULL columns.
+    for r in rows {
         if let Some(id) = r.try_get::<Option<i64>, _>("id")? {
             batch.push((Position { tx: r.try_get("pos_tx")?, id }, decode(r)));
         }
     }
-    Ok(if batch.is_empty() { Relet::Advanced } else { Relet::Leased(batch) })
+    Ok(batch)
 }
 
-/// Appends the next batch of `def` after `after`, up to `upto`, in commit order.
-fn push_batch(q: &mut QueryBuilder<Postgres>, def: &InboxDef, after: Position, upto: Position, limit: usize) {
-    q.push(format!("SELECT {EVENT_COLUMNS}, tx_id::text::bigint AS pos_tx FROM herald_events WHERE (tx_id, id) > ("));
-    q.push_bind(after.tx).push("::text::xid8, ").push_bind(after.id).push(") AND (tx_id, id) <= (");
-    q.push_bind(upto.tx).push("::text::xid8, ").push_bind(upto.id).push(")");
-    q.push(" AND NOT pg_visible_in_snapshot(tx_id, COALESCE((SELECT start_snapshot FROM herald_inboxes WHERE name = ");
-    q.push_bind(def.name).push("), '1:1:')::pg_snapshot)");
+/// Appends one half of a pair's batch read: the events of `def` in `range`, visible in
+/// `to`, after `after` in `(tx_id, id)` order.
+fn push_half(
+    q: &mut QueryBuilder<Postgres>,
+    def: &InboxDef,
+    range: impl FnOnce(&mut QueryBuilder<Postgres>),
+    to: &str,
+    after: Position,
+    limit: usize,
+) {
+    q.push(format!("(SELECT {EVENT_COLUMNS}, tx_id::text::bigint AS pos_tx FROM herald_events WHERE "));
+    range(q);
+    q.push(" AND (tx_id, id) > (").push_bind(after.tx).push("::text::xid8, ").push_bind(after.id).push(")");
+    q.push(" AND pg_visible_in_snapshot(tx_id, ").push_bind(to.to_owned()).push("::pg_snapshot)");
     crate::store::push_inbox_filter(q, def);
     // Bound, unlike the feed's literal limit (see `feed_query`): the plan must be made
     // for each call's range. With a literal limit PostgreSQL switched to a generic
     // plan, blind to the bounds, and noop dispatch fell from ~95k to ~16k deliveries/s.
-    q.push(" ORDER BY tx_id, id LIMIT ").push_bind(limit as i64);
+    q.push(" ORDER BY tx_id, id LIMIT ").push_bind(limit as i64).push(")");
 }
 
-/// The next batch of `def` after `after`, up to `upto`, in commit order.
-fn batch_query(prefix: &str, def: &InboxDef, after: Position, upto: Position, limit: usize) -> QueryBuilder<Postgres> {
+/// Appends the next batch of `def` after `after`: the rest of the pair from
+/// `after.from` to `after.to` (or to `view` when no pair is open yet), in
+/// `(tx_id, id)` order. Two halves, each an ordered walk of the position index:
+/// transactions in progress at `from` (its `xip` list, all below its `xmax`), then
+/// those that started at or after `from`'s `xmax`, up to `to`'s.
+fn push_batch(q: &mut QueryBuilder<Postgres>, def: &InboxDef, after: &Mark, view: &View, limit: usize) {
+    let from = after.from.as_deref().unwrap_or(crate::dispatch::EMPTY_SNAPSHOT).to_owned();
+    let to = after.pair_end(view).to_owned();
+    let xip = crate::dispatch::snapshot_xip(&from);
+    let has_xip = !xip.is_empty();
+    if has_xip {
+        // The xip list is bound as an array, so the probes are index lookups whatever
+        // the statistics (a sub-select made the planner scan the table).
+        push_half(
+            q,
+            def,
+            |q| {
+                q.push("tx_id = ANY(").push_bind(xip).push("::text[]::xid8[])");
+            },
+            &to,
+            after.at,
+            limit,
+        );
+        q.push(" UNION ALL ");
+    }
+    let bounds = (from, to.clone());
+    push_half(
+        q,
+        def,
+        |q| {
+            q.push("tx_id >= pg_snapshot_xmax(")
+                .push_bind(bounds.0)
+                .push("::pg_snapshot) AND tx_id < pg_snapshot_xmax(");
+            q.push_bind(bounds.1).push("::pg_snapshot)");
+        },
+        &to,
+        after.at,
+        limit,
+    );
+    if has_xip {
+        // Every xip transaction is below `from`'s xmax, so the halves come in order;
+        // the sort is of at most twice `limit` rows.
+        q.push(" ORDER BY pos_tx, id LIMIT ").push_bind(limit as i64);
+    }
+}
+
+/// The next batch of `def` after `after`, up to `view`, in commit order.
+fn batch_query(prefix: &str, def: &InboxDef, after: &Mark, view: &View, limit: usize) -> QueryBuilder<Postgres> {
     let mut q = QueryBuilder::<Postgres>::new(prefix);
-    push_batch(&mut q, def, after, upto, limit);
+    push_batch(&mut q, def, after, view, limit);
     q
 }
 
 pub(crate) async fn read_batch(
     pool: &PgPool,
     def: &InboxDef,
-    after: Position,
-    upto: Position,
+    after: &Mark,
+    view: &View,
     limit: usize,
 ) -> Result<Batch> {
-    let rows = batch_query("", def, after, upto, limit).build().fetch_all(pool).await?;
+    let rows = batch_query("", def, after, view, limit).build().fetch_all(pool).await?;
     rows.iter().map(|r| Ok((Position { tx: r.try_get("pos_tx")?, id: r.try_get("id")? }, decode(r)))).collect()
 }
 
 pub(crate) async fn explain_batch(
     pool: &PgPool,
     def: &InboxDef,
-    after: Position,
-    upto: Position,
+    after: &Mark,
+    view: &View,
     limit: usize,
 ) -> Result<String> {
-    let rows = batch_query("EXPLAIN ", def, after, upto, limit).build().fetch_all(pool).await?;
+    let rows = batch_query("EXPLAIN ", def, after, view, limit).build().fetch_all(pool).await?;
     let lines: Vec<String> = rows.iter().map(|r| r.try_get::<String, _>(0)).collect::<Result<_, _>>()?;
     Ok(lines.join("\n"))
 }
@@ -208,63 +305,55 @@ pub(crate) async fn advance(
     pool: &PgPool,
     name: &str,
     me: &str,
-    to: Position,
+    to: &Mark,
     renew: Option<DateTime<Utc>>,
     failures: &[Failure],
     now: DateTime<Utc>,
 ) -> Result<bool> {
     const MOVE: &str = "UPDATE herald_inboxes SET checkpoint_tx = $1, checkpoint_id = $2, lease_owner = $3, \
-                        lease_until = $4, updated_at = $5 WHERE name = $6 AND lease_owner = $7";
-    if failures.is_empty() {
-        // One statement, one round trip: nothing else to keep atomic with it.
-        let moved = sqlx::query(MOVE)
-            .bind(to.tx)
-            .bind(to.id)
-            .bind(renew.map(|_| me))
+                        lease_until = $4, updated_at = $5, snap_from = $8, snap_to = $9 \
+                        WHERE name = $6 AND lease_owner = $7";
+    let bind_move = |q: sqlx::query::Query<'static, Postgres, sqlx::postgres::PgArguments>| {
+        q.bind(to.at.tx)
+            .bind(to.at.id)
+            .bind(renew.map(|_| me.to_owned()))
             .bind(renew)
             .bind(now)
-            .bind(name)
-            .bind(me)
-            .execute(pool)
-            .await?;
+            .bind(name.to_owned())
+            .bind(me.to_owned())
+            .bind(to.from.as_deref().unwrap_or_default().to_owned())
+            .bind(to.to.as_deref().map(str::to_owned))
+    };
+    if failures.is_empty() {
+        // One statement, one round trip: nothing else to keep atomic with it.
+        let moved = bind_move(sqlx::query(MOVE)).execute(pool).await?;
         return Ok(moved.rows_affected() == 1);
     }
     let mut tx = pool.begin().await?;
-    let moved = sqlx::query(MOVE)
-        .bind(to.tx)
-        .bind(to.id)
-        .bind(renew.map(|_| me))
-        .bind(renew)
-        .bind(now)
-        .bind(name)
-        .bind(me)
-        .execute(&mut *tx)
-        .await?;
+    let moved = bind_move(sqlx::query(MOVE)).execute(&mut *tx).await?;
     if moved.rows_affected() != 1 {
         tx.rollback().await?;
         return Ok(false);
     }
-    if !failures.is_empty() {
-        let ids: Vec<i64> = failures.iter().map(|f| f.event_id.0).collect();
-        let attempts: Vec<i32> = failures.iter().map(|f| f.attempts as i32).collect();
-        let next: Vec<DateTime<Utc>> = failures.iter().map(|f| f.next_at).collect();
-        let errors: Vec<&str> = failures.iter().map(|f| f.error.as_str()).collect();
-        let dead: Vec<bool> = failures.iter().map(|f| f.dead).collect();
-        sqlx::query(
-            "INSERT INTO herald_deliveries (inbox, event_id, attempts, next_at, last_error, dead, created_at, updated_at) \
-             SELECT $1, e, a, n, m, d, $7, $7 FROM UNNEST($2::int8[], $3::int4[], $4::timestamptz[], $5::text[], $6::bool[]) \
-             AS t(e, a, n, m, d) ON CONFLICT (inbox, event_id) DO NOTHING",
-        )
-        .bind(name)
-        .bind(ids)
-        .bind(attempts)
-        .bind(next)
-        .bind(errors)
-        .bind(dead)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-    }
+    let ids: Vec<i64> = failures.iter().map(|f| f.event_id.0).collect();
+    let attempts: Vec<i32> = failures.iter().map(|f| f.attempts as i32).collect();
+    let next: Vec<DateTime<Utc>> = failures.iter().map(|f| f.next_at).collect();
+    let errors: Vec<&str> = failures.iter().map(|f| f.error.as_str()).collect();
+    let dead: Vec<bool> = failures.iter().map(|f| f.dead).collect();
+    sqlx::query(
+        "INSERT INTO herald_deliveries (inbox, event_id, attempts, next_at, last_error, dead, created_at, updated_at) \
+         SELECT $1, e, a, n, m, d, $7, $7 FROM UNNEST($2::int8[], $3::int4[], $4::timestamptz[], $5::text[], $6::bool[]) \
+         AS t(e, a, n, m, d) ON CONFLICT (inbox, event_id) DO NOTHING",
+    )
+    .bind(name)
+    .bind(ids)
+    .bind(attempts)
+    .bind(next)
+    .bind(errors)
+    .bind(dead)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(true)
 }
@@ -417,9 +506,10 @@ pub(crate) async fn prune_dead(pool: &PgPool, before: DateTime<Utc>) -> Result<u
     Ok(done.rows_affected())
 }
 
-pub(crate) async fn inbox_rows(pool: &PgPool) -> Result<Vec<(String, Position, i64, i64)>> {
+pub(crate) async fn inbox_rows(pool: &PgPool) -> Result<Vec<(String, Mark, i64, i64)>> {
     let rows = sqlx::query(
-        "SELECT COALESCE(i.name, d.inbox) AS name, COALESCE(i.checkpoint_tx, 0) AS tx, COALESCE(i.checkpoint_id, 0) AS id, \
+        "SELECT COALESCE(i.name, d.inbox) AS name, COALESCE(i.checkpoint_tx, 0) AS checkpoint_tx, \
+         COALESCE(i.checkpoint_id, 0) AS checkpoint_id, COALESCE(i.snap_from, '1:1:') AS snap_from, i.snap_to, \
          COALESCE(d.retrying, 0) AS retrying, COALESCE(d.dead, 0) AS dead \
          FROM herald_inboxes i FULL JOIN (SELECT inbox, COUNT(*) FILTER (WHERE NOT dead) AS retrying, \
          COUNT(*) FILTER (WHERE dead) AS dead FROM herald_deliveries GROUP BY inbox) d ON d.inbox = i.name ORDER BY 1",
@@ -428,22 +518,29 @@ pub(crate) async fn inbox_rows(pool: &PgPool) -> Result<Vec<(String, Position, i
     .await?;
     rows.iter()
         .map(|r| {
-            Ok((
-                r.try_get("name")?,
-                Position { tx: r.try_get("tx")?, id: r.try_get("id")? },
-                r.try_get::<i64, _>("retrying")?,
-                r.try_get::<i64, _>("dead")?,
-            ))
+            Ok((r.try_get("name")?, checkpoint(r)?, r.try_get::<i64, _>("retrying")?, r.try_get::<i64, _>("dead")?))
         })
         .collect()
 }
 
-pub(crate) async fn pending(pool: &PgPool, def: &InboxDef, after: Position, upto: Position) -> Result<i64> {
-    let mut q = QueryBuilder::<Postgres>::new("SELECT COUNT(*) FROM herald_events WHERE (tx_id, id) > (");
-    q.push_bind(after.tx).push("::text::xid8, ").push_bind(after.id).push(") AND (tx_id, id) <= (");
-    q.push_bind(upto.tx).push("::text::xid8, ").push_bind(upto.id).push(")");
-    q.push(" AND NOT pg_visible_in_snapshot(tx_id, COALESCE((SELECT start_snapshot FROM herald_inboxes WHERE name = ");
-    q.push_bind(def.name).push("), '1:1:')::pg_snapshot)");
+/// Matching events visible in `view` and not passed by `after`.
+pub(crate) async fn pending(pool: &PgPool, def: &InboxDef, after: &Mark, view: &View) -> Result<i64> {
+    let View::Postgres(now) = view else { return Ok(0) };
+    let from = after.from.as_deref().unwrap_or(crate::dispatch::EMPTY_SNAPSHOT).to_owned();
+    let mut q = QueryBuilder::<Postgres>::new(
+        "SELECT COUNT(*) FROM herald_events WHERE (tx_id = ANY(ARRAY(SELECT pg_snapshot_xip(",
+    );
+    q.push_bind(from.clone())
+        .push("::pg_snapshot))) OR tx_id >= pg_snapshot_xmax(")
+        .push_bind(from)
+        .push("::pg_snapshot))");
+    q.push(" AND pg_visible_in_snapshot(tx_id, ").push_bind(now.to_string()).push("::pg_snapshot)");
+    if let Some(to) = &after.to {
+        q.push(" AND NOT (pg_visible_in_snapshot(tx_id, ")
+            .push_bind(to.to_string())
+            .push("::pg_snapshot) AND (tx_id, id) <= (");
+        q.push_bind(after.at.tx).push("::text::xid8, ").push_bind(after.at.id).push("))");
+    }
     crate::store::push_inbox_filter(&mut q, def);
     Ok(q.build().fetch_one(pool).await?.try_get(0)?)
 }

@@ -9,24 +9,19 @@ use sqlx::sqlite::SqlitePool;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{EVENT_COLUMNS, decode, decode_time, encode_time};
-use crate::dispatch::{Batch, Claimed, DeadLetter, Failure, Horizon, Lease, LeaseRow, Position, Relet};
+use crate::dispatch::{Batch, Claimed, DeadLetter, Failure, Lease, LeaseRow, Mark, Position, Relet, View};
 use crate::error::{Error, Result};
 use crate::inbox::InboxDef;
 use crate::model::EventId;
 
-pub(crate) async fn horizon(pool: &SqlitePool) -> Result<Horizon> {
+pub(crate) async fn view(pool: &SqlitePool) -> Result<View> {
     let max: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM herald_events").fetch_one(pool).await?;
-    Ok(Horizon { safe: Position { tx: 0, id: max.unwrap_or(0) }, unsettled: false })
+    Ok(View::Sqlite(max.unwrap_or(0)))
 }
 
-/// Every committed event is at or below the horizon here: `start` alone skips history.
-pub(crate) async fn sync_inbox(
-    pool: &SqlitePool,
-    name: &str,
-    start: Position,
-    _skip_history: bool,
-    now: DateTime<Utc>,
-) -> Result<()> {
+/// Every committed event is at or below the newest id here: `start` alone skips history.
+pub(crate) async fn sync_inbox(pool: &SqlitePool, name: &str, start: &Mark, now: DateTime<Utc>) -> Result<()> {
+    let start = start.at;
     sqlx::query(
         "INSERT INTO herald_inboxes (name, checkpoint_tx, checkpoint_id, created_at, updated_at) \
          VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
@@ -59,11 +54,11 @@ pub(crate) async fn lease_inbox(
     let Some(row) = row else { return Ok(None) };
     let lease_until: Option<String> = row.try_get("lease_until")?;
     let current = LeaseRow {
-        checkpoint: Position { tx: row.try_get("checkpoint_tx")?, id: row.try_get("checkpoint_id")? },
+        checkpoint: at(row.try_get("checkpoint_tx")?, row.try_get("checkpoint_id")?),
         owner: row.try_get("lease_owner")?,
         until: lease_until.map(|t| decode_time(0, &t)).transpose()?,
         crash_at: match (row.try_get::<Option<i64>, _>("crash_tx")?, row.try_get::<Option<i64>, _>("crash_id")?) {
-            (Some(tx), Some(id)) => Some(Position { tx, id }),
+            (Some(tx), Some(id)) => Some(at(tx, id)),
             _ => None,
         },
         crashes: row.try_get::<i64, _>("crashes")? as u32,
@@ -75,8 +70,8 @@ pub(crate) async fn lease_inbox(
     )
     .bind(me)
     .bind(encode_time(until))
-    .bind(lease.crash_at.map(|p| p.tx))
-    .bind(lease.crash_at.map(|p| p.id))
+    .bind(lease.crash_at.as_ref().map(|m| m.at.tx))
+    .bind(lease.crash_at.as_ref().map(|m| m.at.id))
     .bind(i64::from(lease.crashes))
     .bind(encode_time(now))
     .bind(name)
@@ -92,7 +87,7 @@ async fn relet(
     pool: &SqlitePool,
     name: &str,
     me: &str,
-    checkpoint: Position,
+    checkpoint: &Mark,
     now: DateTime<Utc>,
     until: DateTime<Utc>,
 ) -> Result<bool> {
@@ -104,42 +99,63 @@ async fn relet(
     .bind(encode_time(until))
     .bind(encode_time(now))
     .bind(name)
-    .bind(checkpoint.tx)
-    .bind(checkpoint.id)
+    .bind(checkpoint.at.tx)
+    .bind(checkpoint.at.id)
     .execute(pool)
     .await?;
     Ok(done.rows_affected() == 1)
 }
 
-/// Takes an unowned lease back (see [`relet`]) and reads the next batch; with nothing
-/// for the inbox up to `upto`, moves the checkpoint there and lets the lease go. The
-/// same contract as PostgreSQL's one statement, here in up to three (each a hand-off
-/// to sqlx's SQLite thread, not a network round trip).
+/// Reads the next batch from `from`; takes an unowned lease back (see [`relet`]) only
+/// if there is one; with nothing for the inbox up to `view`, moves the checkpoint to
+/// `passed` if given, else writes nothing. The same contract as PostgreSQL's one
+/// statement, here in up to three (each a hand-off to sqlx's SQLite thread, not a
+/// network round trip).
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn relet_and_read(
     pool: &SqlitePool,
     def: &InboxDef,
     me: &str,
-    checkpoint: Position,
+    checkpoint: &Mark,
+    from: &Mark,
+    passed: Option<&Mark>,
     now: DateTime<Utc>,
     until: DateTime<Utc>,
-    upto: Position,
+    view: &View,
     limit: usize,
 ) -> Result<Relet> {
+    // Read first: the batch is fixed by `from` and `view`, and an empty one needs no lease.
+    let batch = read_batch(pool, def, from, view, limit).await?;
+    if batch.is_empty() && passed.is_none() {
+        return Ok(Relet::Empty);
+    }
     if !relet(pool, def.name, me, checkpoint, now, until).await? {
         return Ok(Relet::Changed);
     }
-    let batch = read_batch(pool, def, checkpoint, upto, limit).await?;
     if !batch.is_empty() {
         return Ok(Relet::Leased(batch));
     }
-    Ok(if advance(pool, def.name, me, upto, None, &[], now).await? { Relet::Advanced } else { Relet::Changed })
+    let passed = passed.unwrap_or(from);
+    Ok(if advance(pool, def.name, me, passed, None, &[], now).await? { Relet::Advanced } else { Relet::Changed })
 }
 
-/// The next batch of `def` after `after`, up to `upto`, in commit (id) order.
-fn batch_query(prefix: &str, def: &InboxDef, after: Position, upto: Position, limit: usize) -> QueryBuilder<Sqlite> {
+/// The mark of a SQLite checkpoint: an event id.
+fn at(tx: i64, id: i64) -> Mark {
+    Mark { at: Position { tx, id }, ..Mark::default() }
+}
+
+/// The newest id of a view (SQLite views are ids).
+fn upto(view: &View) -> i64 {
+    match view {
+        View::Sqlite(max) => *max,
+        View::Postgres(_) => 0,
+    }
+}
+
+/// The next batch of `def` after `after`, up to `view`, in commit (id) order.
+fn batch_query(prefix: &str, def: &InboxDef, after: &Mark, view: &View, limit: usize) -> QueryBuilder<Sqlite> {
     let mut q = QueryBuilder::<Sqlite>::new(format!("{prefix}SELECT {EVENT_COLUMNS} FROM herald_events WHERE id > "));
-    q.push_bind(after.id).push(" AND id <= ").push_bind(upto.id);
+    q.push_bind(after.at.id).push(" AND id <= ").push_bind(upto(view));
     crate::store::push_inbox_filter(&mut q, def);
     q.push(" ORDER BY id LIMIT ").push_bind(limit as i64);
     q
@@ -148,22 +164,22 @@ fn batch_query(prefix: &str, def: &InboxDef, after: Position, upto: Position, li
 pub(crate) async fn read_batch(
     pool: &SqlitePool,
     def: &InboxDef,
-    after: Position,
-    upto: Position,
+    after: &Mark,
+    view: &View,
     limit: usize,
 ) -> Result<Batch> {
-    let rows = batch_query("", def, after, upto, limit).build().fetch_all(pool).await?;
+    let rows = batch_query("", def, after, view, limit).build().fetch_all(pool).await?;
     rows.iter().map(|r| Ok((Position { tx: 0, id: r.try_get("id")? }, decode(r)))).collect()
 }
 
 pub(crate) async fn explain_batch(
     pool: &SqlitePool,
     def: &InboxDef,
-    after: Position,
-    upto: Position,
+    after: &Mark,
+    view: &View,
     limit: usize,
 ) -> Result<String> {
-    let rows = batch_query("EXPLAIN QUERY PLAN ", def, after, upto, limit).build().fetch_all(pool).await?;
+    let rows = batch_query("EXPLAIN QUERY PLAN ", def, after, view, limit).build().fetch_all(pool).await?;
     let lines: Vec<String> = rows.iter().map(|r| r.try_get::<String, _>("detail")).collect::<Result<_, _>>()?;
     Ok(lines.join("\n"))
 }
@@ -174,13 +190,14 @@ pub(crate) async fn advance(
     pool: &SqlitePool,
     name: &str,
     me: &str,
-    to: Position,
+    to: &Mark,
     renew: Option<DateTime<Utc>>,
     failures: &[Failure],
     now: DateTime<Utc>,
 ) -> Result<bool> {
     const MOVE: &str = "UPDATE herald_inboxes SET checkpoint_tx = ?, checkpoint_id = ?, lease_owner = ?, \
                         lease_until = ?, updated_at = ? WHERE name = ? AND lease_owner = ?";
+    let to = to.at;
     if failures.is_empty() {
         // One statement: nothing else to keep atomic with it.
         let moved = sqlx::query(MOVE)
@@ -372,7 +389,7 @@ pub(crate) async fn prune_dead(pool: &SqlitePool, before: DateTime<Utc>) -> Resu
     Ok(done.rows_affected())
 }
 
-pub(crate) async fn inbox_rows(pool: &SqlitePool) -> Result<Vec<(String, Position, i64, i64)>> {
+pub(crate) async fn inbox_rows(pool: &SqlitePool) -> Result<Vec<(String, Mark, i64, i64)>> {
     let rows = sqlx::query(
         "SELECT i.name AS name, i.checkpoint_tx AS tx, i.checkpoint_id AS id, \
          (SELECT COUNT(*) FROM herald_deliveries d WHERE d.inbox = i.name AND d.dead = 0) AS retrying, \
@@ -387,19 +404,14 @@ pub(crate) async fn inbox_rows(pool: &SqlitePool) -> Result<Vec<(String, Positio
     .await?;
     rows.iter()
         .map(|r| {
-            Ok((
-                r.try_get(0)?,
-                Position { tx: r.try_get(1)?, id: r.try_get(2)? },
-                r.try_get::<i64, _>(3)?,
-                r.try_get::<i64, _>(4)?,
-            ))
+            Ok((r.try_get(0)?, at(r.try_get(1)?, r.try_get(2)?), r.try_get::<i64, _>(3)?, r.try_get::<i64, _>(4)?))
         })
         .collect()
 }
 
-pub(crate) async fn pending(pool: &SqlitePool, def: &InboxDef, after: Position, upto: Position) -> Result<i64> {
+pub(crate) async fn pending(pool: &SqlitePool, def: &InboxDef, after: &Mark, view: &View) -> Result<i64> {
     let mut q = QueryBuilder::<Sqlite>::new("SELECT COUNT(*) FROM herald_events WHERE id > ");
-    q.push_bind(after.id).push(" AND id <= ").push_bind(upto.id);
+    q.push_bind(after.at.id).push(" AND id <= ").push_bind(upto(view));
     crate::store::push_inbox_filter(&mut q, def);
     Ok(q.build().fetch_one(pool).await?.try_get(0)?)
 }

@@ -1,0 +1,109 @@
+//! Only an event's own transaction delays it (PostgreSQL): a long transaction in this
+//! database or another, or a prepared one left behind, holds back no other event.
+//! Each test runs on a private cluster, so the transactions it holds open stall
+//! nothing of the shared server's other tests.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use herald::prelude::*;
+use herald::{Context, Dispatcher, InboxError, Registry, inbox};
+use sqlx::Connection;
+
+use common::cluster::Cluster;
+use common::{create_handled, handled, note};
+
+#[inbox(subject = "flow")]
+async fn flow_inbox(event: &Event, cx: &Context) -> Result<(), InboxError> {
+    Ok(note(cx.store(), "flow_inbox", event, cx.attempt()).await?)
+}
+
+fn flow_only() -> Registry {
+    Registry::collect().unwrap().retain(|d| d.name.ends_with("flow_inbox"))
+}
+
+async fn record(store: &Store, n: i64) -> Event {
+    let mut tx = store.begin().await.unwrap();
+    let e = tx.record(Subject::new("flow", n), "moved", Actor::system()).await.unwrap();
+    tx.commit().await.unwrap();
+    e
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn open_and_prepared_transactions_delay_only_their_own_events_postgres() {
+    let Some(cluster) = Cluster::start() else { return };
+    let store = Store::connect(&cluster.url("test")).await.unwrap();
+    store.migrate().await.unwrap();
+    create_handled(&store).await;
+    let admin = store.postgres_pool().unwrap().clone();
+    sqlx::query("CREATE DATABASE other").execute(&admin).await.unwrap();
+    sqlx::query("CREATE TABLE scratch (n INT)").execute(&admin).await.unwrap();
+    let d = Dispatcher::builder(store.clone()).registry(flow_only()).build().unwrap();
+    d.drain().await.unwrap();
+
+    // Held open: a transaction of this database that recorded an event, one of another
+    // database holding a transaction id, and a prepared transaction.
+    let mut long = store.begin().await.unwrap();
+    let own = long.record(Subject::new("flow", 0), "moved", Actor::system()).await.unwrap();
+    let mut elsewhere = sqlx::PgConnection::connect(&cluster.url("other")).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut elsewhere).await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()").execute(&mut elsewhere).await.unwrap();
+    let mut preparer = sqlx::PgConnection::connect(&cluster.url("test")).await.unwrap();
+    sqlx::raw_sql("BEGIN; INSERT INTO scratch VALUES (1); PREPARE TRANSACTION 'left_behind'")
+        .execute(&mut preparer)
+        .await
+        .unwrap();
+
+    let mut others = Vec::new();
+    for n in 1..=20 {
+        others.push(record(&store, n).await.id.0);
+    }
+    let started = Instant::now();
+    let drained = d.drain().await.unwrap();
+    assert_eq!(drained.delivered, 20, "every committed event, past the open ones");
+    assert!(started.elapsed() < Duration::from_secs(3), "no waiting on other transactions: {:?}", started.elapsed());
+
+    // The prepared transaction survives a restart and still holds nothing back.
+    cluster.restart();
+    for n in 21..=25 {
+        others.push(record(&store, n).await.id.0);
+    }
+    assert_eq!(d.drain().await.unwrap().delivered, 5);
+
+    // The long transaction's own event comes when it commits, never skipped. (Its
+    // connection died with the restart: record the same subject again instead.)
+    drop(long);
+    let _ = own;
+    let late = record(&store, 0).await;
+    assert_eq!(d.drain().await.unwrap().delivered, 1);
+    let mut got: Vec<i64> = handled(&store).await.into_iter().map(|(_, id, _, _)| id).collect();
+    got.sort_unstable();
+    others.push(late.id.0);
+    others.sort_unstable();
+    assert_eq!(got, others, "each committed event exactly once");
+    let mut admin = sqlx::PgConnection::connect(&cluster.url("test")).await.unwrap();
+    sqlx::query("ROLLBACK PREPARED 'left_behind'").execute(&mut admin).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_event_committed_after_later_ones_is_delivered_when_it_commits_postgres() {
+    let Some(cluster) = Cluster::start() else { return };
+    let store = Store::connect(&cluster.url("test")).await.unwrap();
+    store.migrate().await.unwrap();
+    create_handled(&store).await;
+    let d = Dispatcher::builder(store.clone()).registry(flow_only()).build().unwrap();
+    d.drain().await.unwrap();
+
+    // Transaction ids 1 < 2 < 3 taken in that order; 2 commits first, 1 much later.
+    let mut first = store.begin().await.unwrap();
+    let e1 = first.record(Subject::new("flow", 1), "moved", Actor::system()).await.unwrap();
+    let e2 = record(&store, 2).await;
+    assert_eq!(d.drain().await.unwrap().delivered, 1, "the committed one, not waiting for the open one");
+    let e3 = record(&store, 3).await;
+    assert_eq!(d.drain().await.unwrap().delivered, 1);
+    first.commit().await.unwrap();
+    assert_eq!(d.drain().await.unwrap().delivered, 1, "the late committer, not skipped");
+    let got: Vec<i64> = handled(&store).await.into_iter().map(|(_, id, _, _)| id).collect();
+    assert_eq!(got, [e2.id.0, e3.id.0, e1.id.0], "in commit order");
+}
