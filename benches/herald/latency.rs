@@ -117,6 +117,22 @@ pub(super) async fn at_scale(store: &Store, cfg: &Config, report: &mut Report) -
     Ok(())
 }
 
+/// Two connections, each in a transaction that holds a transaction id: one to the
+/// bench's database, one to the server's `postgres` database.
+async fn hold_transactions(url: &str) -> Result<Vec<sqlx::PgConnection>, BoxError> {
+    use sqlx::Connection;
+    use std::str::FromStr;
+    let opts = sqlx::postgres::PgConnectOptions::from_str(url)?;
+    let mut held = Vec::new();
+    for opts in [opts.clone(), opts.database("postgres")] {
+        let mut conn = sqlx::PgConnection::connect_with(&opts).await?;
+        sqlx::query("BEGIN").execute(&mut conn).await?;
+        sqlx::query("SELECT pg_current_xact_id()").execute(&mut conn).await?;
+        held.push(conn);
+    }
+    Ok(held)
+}
+
 pub(super) async fn run(backend: &Backend, cfg: &Config, report: &mut Report) -> Result<(), BoxError> {
     let Backend::Postgres(url) = backend else { return Ok(()) };
     let db = backend.fresh("latency").await?;
@@ -143,9 +159,16 @@ pub(super) async fn run(backend: &Backend, cfg: &Config, report: &mut Report) ->
             ms(quantile(&write, 0.99))
         );
     }
-    let modes: [(&str, &str, &Store); 2] =
-        [("local", "same Store (in-process wake)", &store), ("remote", "second Store (NOTIFY only)", &second)];
-    for (tag, mode, writer) in modes {
+    let modes: [(&str, &str, &Store, bool); 3] = [
+        ("local", "same Store (in-process wake)", &store, false),
+        ("remote", "second Store (NOTIFY only)", &second, false),
+        ("held", "same Store, 2 xid-holding transactions open", &store, true),
+    ];
+    for (tag, mode, writer, hold) in modes {
+        // A transaction holding a transaction id open all along, in this database and
+        // in another one of the server: before snapshot pairs, either stopped every
+        // inbox until it ended.
+        let held = if hold { Some(hold_transactions(url).await?) } else { None };
         let (mut pooled, mut worst_max, mut lost) = (Vec::new(), Duration::ZERO, 0);
         for run in 0..cfg.latency_runs {
             let stats = one_run(&store, writer, &format!("{tag}{run}"), cfg.latency_events).await?;
@@ -179,6 +202,11 @@ pub(super) async fn run(backend: &Backend, cfg: &Config, report: &mut Report) ->
         row("p50", p50, "<= 2 ms", p50 <= Duration::from_millis(2));
         row("p99", p99, "<= 20 ms", p99 <= Duration::from_millis(20));
         row("max (worst run)", worst_max, "< 50 ms", worst_max < Duration::from_millis(50));
+        if let Some(held) = held {
+            for mut conn in held {
+                sqlx::query("ROLLBACK").execute(&mut conn).await?;
+            }
+        }
         if lost > 0 {
             eprintln!("  WARNING: {lost} events never reached the inbox within {GRACE:?}");
             report.push(Row {
