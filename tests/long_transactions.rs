@@ -107,3 +107,58 @@ async fn an_event_committed_after_later_ones_is_delivered_when_it_commits_postgr
     let got: Vec<i64> = handled(&store).await.into_iter().map(|(_, id, _, _)| id).collect();
     assert_eq!(got, [e2.id.0, e3.id.0, e1.id.0], "in commit order");
 }
+
+// ---- restored into another cluster ----------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_database_restored_into_another_cluster_is_refused_until_fixed_then_loses_nothing_postgres() {
+    let Some(old) = Cluster::start() else { return };
+    // The old cluster has been around: its transaction ids are far ahead of a new one's.
+    old.stop();
+    old.resetwal(&["-e", "5"]);
+    old.start_again();
+    let store = Store::connect(&old.url("test")).await.unwrap();
+    store.migrate().await.unwrap();
+    create_handled(&store).await;
+    let d = Dispatcher::builder(store.clone()).registry(flow_only()).build().unwrap();
+    d.drain().await.unwrap();
+    let mut all = Vec::new();
+    for n in 1..=3 {
+        all.push(record(&store, n).await.id.0);
+    }
+    assert_eq!(d.drain().await.unwrap().delivered, 3);
+    for n in 4..=5 {
+        all.push(record(&store, n).await.id.0); // recorded, not yet delivered when the dump is taken
+    }
+    let dump = old.dump("test");
+    store.postgres_pool().unwrap().close().await;
+
+    let new = Cluster::start().unwrap();
+    new.restore(&dump, "test");
+    let restored = Store::connect(&new.url("test")).await.unwrap();
+    let refused = restored.migrate().await;
+    let Err(herald::Error::TransactionIdsBehind { epoch, .. }) = refused else {
+        panic!("a restored database must be refused, not served silently: {refused:?}")
+    };
+    assert_eq!(epoch, 6);
+    let message = herald::Error::TransactionIdsBehind { highest: 1, next: 0, epoch }.to_string();
+    assert!(message.contains("pg_resetwal -e 6"), "{message}");
+    let d = Dispatcher::builder(restored.clone()).registry(flow_only()).build().unwrap();
+    assert!(matches!(d.drain().await, Err(herald::Error::TransactionIdsBehind { .. })));
+    restored.postgres_pool().unwrap().close().await;
+
+    // The documented fix, then delivery goes on where the old cluster left it.
+    new.stop();
+    new.resetwal(&["-e", &epoch.to_string()]);
+    new.start_again();
+    let restored = Store::connect(&new.url("test")).await.unwrap();
+    restored.migrate().await.unwrap();
+    for n in 6..=7 {
+        all.push(record(&restored, n).await.id.0);
+    }
+    let d = Dispatcher::builder(restored.clone()).registry(flow_only()).build().unwrap();
+    assert_eq!(d.drain().await.unwrap().delivered, 4, "the 2 left undelivered before the dump, and the 2 new ones");
+    let mut got: Vec<i64> = handled(&restored).await.into_iter().map(|(_, id, _, _)| id).collect();
+    got.sort_unstable();
+    assert_eq!(got, all, "every event exactly once across the move");
+}

@@ -722,6 +722,7 @@ impl Dispatcher {
             .started
             .get_or_try_init(|| async {
                 let store = &self.inner.store;
+                store.check_transaction_ids().await?;
                 let view = store.view().await?;
                 for def in self.inner.registry.iter() {
                     tracing::info!(

@@ -233,6 +233,26 @@ pub enum Error {
     #[error("the dispatcher panicked: {0}")]
     Panicked(String),
 
+    /// The database holds transaction ids beyond the server's own: it was restored or
+    /// moved from another cluster (`pg_dump`/`pg_restore`, logical replication).
+    /// Delivery would stop without a word (and resume, skipping events, once the
+    /// server's ids caught up), so Herald refuses to migrate or dispatch until the
+    /// server's transaction ids are moved past the restored ones.
+    #[error(
+        "this database holds transaction ids up to {highest}, beyond this server's next ({next}): it was restored \
+         or moved from another cluster, and delivery would stop silently. Before the application writes to it, stop \
+         the server cleanly (pg_ctl stop), run `pg_resetwal -e {epoch} \"$PGDATA\"` as the server's owner, and start \
+         it again; this moves the server's transaction ids past the restored ones and changes nothing else"
+    )]
+    TransactionIdsBehind {
+        /// The highest transaction id the database refers to (events, inbox positions).
+        highest: u64,
+        /// The server's next transaction id.
+        next: u64,
+        /// The transaction id epoch to set with `pg_resetwal -e`.
+        epoch: u64,
+    },
+
     /// The URL names no backend Herald supports.
     #[error("unsupported database url `{0}`; use sqlite://… or postgres://…")]
     UnsupportedUrl(String),

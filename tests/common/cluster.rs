@@ -95,6 +95,47 @@ impl Cluster {
         self.run("pg_ctl", &["-D", &self.data(), "-o", &options, "-l", &log, "-w", "start"]);
     }
 
+    /// Stops the server cleanly.
+    pub fn stop(&self) {
+        self.run("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "stop"]);
+    }
+
+    /// Starts the stopped server again on its port.
+    pub fn start_again(&self) {
+        self.pg_ctl_start();
+    }
+
+    /// Runs `pg_resetwal` with `args` on the (stopped) cluster's data directory.
+    pub fn resetwal(&self, args: &[&str]) {
+        let mut all: Vec<&str> = args.to_vec();
+        let data = self.data();
+        all.push(&data);
+        self.run("pg_resetwal", &all);
+    }
+
+    /// `pg_dump -Fc` of database `db` into a file in the cluster's directory.
+    pub fn dump(&self, db: &str) -> PathBuf {
+        let file = self.dir.join(format!("{db}.dump"));
+        let status = Command::new(self.bin.join("pg_dump"))
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-Fc", "-f"])
+            .arg(&file)
+            .arg(db)
+            .status()
+            .expect("pg_dump");
+        assert!(status.success(), "pg_dump failed");
+        file
+    }
+
+    /// `pg_restore` of a dump into database `db` of this cluster.
+    pub fn restore(&self, file: &std::path::Path, db: &str) {
+        let status = Command::new(self.bin.join("pg_restore"))
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-d", db])
+            .arg(file)
+            .status()
+            .expect("pg_restore");
+        assert!(status.success(), "pg_restore failed");
+    }
+
     /// Stops the server at once (like a crash) and starts it again on the same port.
     pub fn restart(&self) {
         self.run("pg_ctl", &["-D", &self.data(), "-m", "immediate", "-w", "stop"]);

@@ -31,6 +31,15 @@ impl Store {
         self.wake.is_own(pid)
     }
 
+    /// PostgreSQL: refuses a database restored from another cluster
+    /// ([`Error::TransactionIdsBehind`](crate::Error::TransactionIdsBehind)).
+    pub(crate) async fn check_transaction_ids(&self) -> Result<()> {
+        match &self.pool {
+            Pool::Sqlite(_) => Ok(()),
+            Pool::Postgres(p) => postgres::dispatch::check_transaction_ids(p).await,
+        }
+    }
+
     /// What is committed now: one query.
     pub(crate) async fn view(&self) -> Result<View> {
         on_backend!(self, view())

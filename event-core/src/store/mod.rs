@@ -186,7 +186,9 @@ impl Store {
     /// Applies Herald's embedded migrations (idempotent).
     ///
     /// Herald tracks its migrations in its own `_herald_migrations` table, so it never
-    /// collides with the application's own `sqlx migrate` history.
+    /// collides with the application's own `sqlx migrate` history. Concurrent calls
+    /// (several processes starting at once) all succeed. On PostgreSQL it then refuses
+    /// a database restored from another cluster ([`Error::TransactionIdsBehind`]).
     pub async fn migrate(&self) -> Result<()> {
         match &self.pool {
             Pool::Sqlite(p) => sqlite::migrate(p).await,

@@ -30,6 +30,29 @@ pub(crate) async fn view(pool: &PgPool) -> Result<View> {
     Ok(View::Postgres(Arc::from(snapshot)))
 }
 
+/// Refuses a database restored or moved from another cluster: its events and inbox
+/// positions refer to transaction ids at or beyond this server's next one, which no
+/// snapshot of this server can see past. Two index probes and a scan of the (small)
+/// inbox table.
+pub(crate) async fn check_transaction_ids(pool: &PgPool) -> Result<()> {
+    let (event, mark, next): (Option<String>, Option<String>, String) = sqlx::query_as(
+        "SELECT (SELECT tx_id::text FROM herald_events ORDER BY tx_id DESC, id DESC LIMIT 1), \
+                (SELECT max(pg_snapshot_xmax(s::pg_snapshot)::text::numeric)::text FROM herald_inboxes, \
+                 LATERAL (VALUES (snap_from), (snap_to)) AS v(s) WHERE s IS NOT NULL), \
+                pg_snapshot_xmax(pg_current_snapshot())::text",
+    )
+    .fetch_one(pool)
+    .await?;
+    let parse = |x: Option<String>| x.and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+    let next = parse(Some(next));
+    // An event's transaction is below the next id; a snapshot's xmax at most equal to it.
+    let highest = parse(event).max(parse(mark).saturating_sub(1));
+    if highest >= next {
+        return Err(Error::TransactionIdsBehind { highest, next, epoch: (highest >> 32) + 1 });
+    }
+    Ok(())
+}
+
 pub(crate) async fn sync_inbox(pool: &PgPool, name: &str, start: &Mark, now: DateTime<Utc>) -> Result<()> {
     sqlx::query(
         "INSERT INTO herald_inboxes (name, checkpoint_tx, checkpoint_id, snap_from, created_at, updated_at) \

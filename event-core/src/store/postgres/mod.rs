@@ -30,7 +30,7 @@ pub(super) async fn migrate(pool: &PgPool) -> Result<()> {
     migrator.dangerous_set_table_name("_herald_migrations");
     let mut conn = pool.acquire().await?;
     match migrator.run_direct(None, &mut *conn, false).await {
-        Ok(()) => Ok(()),
+        Ok(()) => dispatch::check_transaction_ids(pool).await,
         Err(e) => {
             if let Err(closing) = conn.close().await {
                 tracing::warn!(error = %closing, "herald: closing the connection of a failed migration failed");
