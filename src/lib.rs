@@ -174,6 +174,7 @@ pub use event_macros::Action;
 /// | `max_attempts = 5` | attempts (at least 1) before a delivery is dead | [`InboxDef::DEFAULT_MAX_ATTEMPTS`] |
 /// | `backoff = "500ms"` | the first retry delay, doubled per retry (units `ms`, `s`, `m`, `h`; `"1m30s"`) | [`InboxDef::DEFAULT_BACKOFF`] |
 /// | `backoff_max = "10m"` | the longest retry delay, at least `backoff` | [`InboxDef::DEFAULT_BACKOFF_MAX`] |
+/// | `timeout = "10s"` | how long one delivery may run; then it is cancelled and fails (retried, attempt counted) | [`InboxDef::DEFAULT_TIMEOUT`] (30 s) |
 /// | `start_from = "beginning"` | a new inbox replays every recorded event instead of starting `"now"` | `"now"` |
 /// | `crate = "path"` | the path to `herald`, if you renamed or re-exported it | `::herald` |
 ///

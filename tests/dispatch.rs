@@ -776,3 +776,69 @@ async fn an_unconcerned_inbox_writes_nothing_per_wake_up_postgres() {
         sqlx::query_as("SELECT count(snap_to), count(lease_owner) FROM herald_inboxes").fetch_one(pool).await.unwrap();
     assert_eq!((open_pairs, leased), (0, 0), "every inbox past its last pair, no lease held");
 }
+
+// ---- timeouts ---------------------------------------------------------------------------
+
+#[inbox(subject = "hang", timeout = "100ms", max_attempts = 2, backoff = "10ms", backoff_max = "10ms")]
+async fn hang_inbox(event: &Event, cx: &Context) -> Result<(), InboxError> {
+    if event.meta("hang") == Some(&json!(true)) {
+        std::future::pending::<()>().await;
+    }
+    Ok(note(cx.store(), "hang_inbox", event, cx.attempt()).await?)
+}
+
+backend_test!(a_hung_handler_times_out_is_retried_then_dead_and_the_inbox_goes_on, |store| async move {
+    create_handled(&store).await;
+    let d = dispatcher(&store, "hang_").await;
+    d.drain().await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    let hung =
+        tx.record(Subject::new("hang", 1), "called", Actor::system()).metadata(json!({"hang": true})).await.unwrap();
+    let fine = tx.record(Subject::new("hang", 2), "called", Actor::system()).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let first = tokio::time::timeout(Duration::from_secs(10), d.drain()).await.expect("drain returns").unwrap();
+    assert_eq!((first.delivered, first.failed), (1, 1));
+    assert_eq!(handled(&store).await.iter().map(|h| h.1).collect::<Vec<_>>(), [fine.id.0]);
+    for _ in 0..20 {
+        tokio::time::timeout(Duration::from_secs(10), d.drain()).await.expect("drain returns").unwrap();
+        if !store.dead_letters(None).await.unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let dead = store.dead_letters(None).await.unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!((dead[0].event_id, dead[0].attempts), (hung.id, 2));
+    assert_eq!(dead[0].last_error, "timed out after 100ms");
+});
+
+#[inbox(subject = "stuck", timeout = "1h")]
+async fn stuck_inbox(_event: &Event, _cx: &Context) -> Result<(), InboxError> {
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+backend_test!(shutdown_gives_up_on_a_stuck_delivery_at_its_deadline, |store| async move {
+    let d = Dispatcher::builder(store.clone())
+        .registry(only("stuck_"))
+        .shutdown_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    d.register().await.unwrap();
+    let (stop, run) = start(d.clone());
+    let mut tx = store.begin().await.unwrap();
+    tx.record(Subject::new("stuck", 1), "called", Actor::system()).await.unwrap();
+    tx.commit().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await; // the handler is running, forever
+    let asked = Instant::now();
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), run).await.expect("run returns at its deadline").unwrap().unwrap();
+    assert!(asked.elapsed() < Duration::from_secs(2), "{:?}", asked.elapsed());
+    let status = d.status().await.unwrap();
+    assert_eq!(status[0].pending, Some(1), "not delivered: it will be made again");
+    assert!(matches!(
+        Dispatcher::builder(store.clone()).shutdown_timeout(Duration::from_secs(7200)).build(),
+        Err(herald::Error::InvalidConfig(_))
+    ));
+});

@@ -165,6 +165,7 @@ static ELSEWHERE: InboxDef = InboxDef {
     max_attempts: 1,
     backoff: Duration::ZERO,
     backoff_max: Duration::ZERO,
+    timeout: Duration::from_secs(1),
     start_from: StartFrom::Now,
     handler: noop,
     file: "src/notifications.rs",

@@ -343,6 +343,7 @@ pub struct DispatcherBuilder {
     max_causation_depth: u32,
     dead_retention: Option<Duration>,
     worker_id: Option<String>,
+    shutdown_timeout: Duration,
 }
 
 impl DispatcherBuilder {
@@ -408,6 +409,14 @@ impl DispatcherBuilder {
         self
     }
 
+    /// How long [`Dispatcher::run`] waits, after its shutdown signal, for deliveries in
+    /// flight (default 30 s, at most [`MAX_LEASE`]). Those still running then are
+    /// cancelled and their leases released, so another worker makes them again.
+    pub fn shutdown_timeout(mut self, deadline: Duration) -> Self {
+        self.shutdown_timeout = deadline;
+        self
+    }
+
     /// Runs exactly these inboxes instead of every `#[inbox]` linked in.
     pub fn registry(mut self, registry: Registry) -> Self {
         self.registry = Some(registry);
@@ -449,6 +458,10 @@ impl DispatcherBuilder {
             ),
             (self.max_lease_expiries == 0, "max_lease_expiries must be at least 1".to_owned()),
             (
+                self.shutdown_timeout > MAX_LEASE,
+                format!("shutdown_timeout must be at most {MAX_LEASE:?}, got {:?}", self.shutdown_timeout),
+            ),
+            (
                 !(1..=MAX_CAUSATION_DEPTH).contains(&self.max_causation_depth),
                 format!("max_causation_depth must be 1 to {MAX_CAUSATION_DEPTH}, got {}", self.max_causation_depth),
             ),
@@ -470,6 +483,7 @@ impl DispatcherBuilder {
                 max_lease_expiries: self.max_lease_expiries,
                 max_causation_depth: self.max_causation_depth,
                 dead_retention: self.dead_retention,
+                shutdown_timeout: self.shutdown_timeout,
                 me,
                 careful: Mutex::default(),
                 known: Mutex::default(),
@@ -508,6 +522,7 @@ struct Inner {
     max_lease_expiries: u32,
     max_causation_depth: u32,
     dead_retention: Option<Duration>,
+    shutdown_timeout: Duration,
     me: String,
     /// Inboxes taken over from a crashed worker: events left to deliver one at a time.
     careful: Mutex<HashMap<&'static str, usize>>,
@@ -590,6 +605,7 @@ impl Dispatcher {
             max_causation_depth: crate::inbox::DEFAULT_MAX_CAUSATION_DEPTH,
             dead_retention: None,
             worker_id: None,
+            shutdown_timeout: Duration::from_secs(30),
         }
     }
 
@@ -634,7 +650,9 @@ impl Dispatcher {
 
     /// Runs until `shutdown` completes: one task per inbox and one for retries, woken
     /// by commits (and `NOTIFY` on PostgreSQL) and by polling. On shutdown it stops
-    /// taking work, lets in-flight deliveries finish, and releases its leases.
+    /// taking work, lets in-flight deliveries finish (for up to
+    /// [`DispatcherBuilder::shutdown_timeout`]; those still running are cancelled, to
+    /// be made again), and releases its leases.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
         self.start().await?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -652,14 +670,29 @@ impl Dispatcher {
         shutdown.await;
         tracing::info!(worker = %self.inner.me, "herald dispatcher stopping: finishing in-flight deliveries");
         let _ = stop_tx.send(true);
-        let mut died = None;
-        for t in tasks {
-            // The loops catch panics of their passes; a task that died anyway is a bug
-            // that must not end in `Ok`.
-            if let Err(e) = t.await {
-                tracing::error!(error = %e, "herald: a dispatcher task died");
-                died = Some(Error::Panicked(e.to_string()));
+        let deadline = tokio::time::Instant::now() + self.inner.shutdown_timeout;
+        let (mut died, mut cut) = (None, 0);
+        for mut t in tasks {
+            match tokio::time::timeout_at(deadline, &mut t).await {
+                Ok(Ok(())) => {}
+                // The loops catch panics of their passes; a task that died anyway is a
+                // bug that must not end in `Ok`.
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "herald: a dispatcher task died");
+                    died = Some(Error::Panicked(e.to_string()));
+                }
+                Err(_) => {
+                    t.abort();
+                    cut += 1;
+                }
             }
+        }
+        if cut > 0 {
+            tracing::warn!(
+                tasks = cut,
+                deadline = ?self.inner.shutdown_timeout,
+                "herald: shutdown deadline passed; deliveries still running were cancelled and will be made again"
+            );
         }
         if let Some(l) = listener {
             l.abort();
@@ -986,7 +1019,12 @@ impl Dispatcher {
                         }
                     }
                 }
-                (def.handler)(&event, &cx).await.map(|()| true)
+                // A handler that never returns must not hold its inbox (and the lease,
+                // renewed meanwhile) forever: cancelled at the timeout, it fails.
+                match tokio::time::timeout(def.timeout, (def.handler)(&event, &cx)).await {
+                    Ok(outcome) => outcome.map(|()| true),
+                    Err(_) => Err(InboxError::retry(format!("timed out after {:?}", def.timeout))),
+                }
             })
         });
         let work = crate::concurrent::run_limited(jobs, inner.concurrency);
@@ -1181,6 +1219,7 @@ mod tests {
             max_attempts: 3,
             backoff: Duration::from_secs(1),
             backoff_max: Duration::MAX,
+            timeout: InboxDef::DEFAULT_TIMEOUT,
             start_from: StartFrom::Now,
             handler: |_, _| Box::pin(async { Ok(()) }),
             file: file!(),

@@ -58,6 +58,9 @@ pub struct InboxDef {
     pub backoff: Duration,
     /// The longest retry delay.
     pub backoff_max: Duration,
+    /// How long one delivery may run: a handler still running then is cancelled, and
+    /// the delivery fails like an `Err` (retried, its attempt counted).
+    pub timeout: Duration,
     /// Where the inbox starts when it is first seen.
     pub start_from: StartFrom,
     /// The function.
@@ -77,6 +80,8 @@ impl InboxDef {
     pub const DEFAULT_BACKOFF: Duration = Duration::from_secs(1);
     /// Default longest retry delay.
     pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(3600);
+    /// Default longest run of one delivery.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
     /// Whether this inbox wants `event` by subject and action (the filter aside).
     pub fn routes(&self, subject_kind: &str, action: &str) -> bool {

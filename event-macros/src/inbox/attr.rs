@@ -19,6 +19,7 @@ pub(crate) struct Options {
     pub(crate) max_attempts: Option<MaxAttempts>,
     pub(crate) backoff: Option<DurationValue>,
     pub(crate) backoff_max: Option<DurationValue>,
+    pub(crate) timeout: Option<DurationValue>,
     pub(crate) start_from: Option<StartFrom>,
     pub(crate) krate: Option<Path>,
 }
@@ -49,8 +50,18 @@ pub(crate) enum StartFrom {
     Beginning,
 }
 
-const OPTIONS: [&str; 9] =
-    ["subject", "actions", "name", "filter", "max_attempts", "backoff", "backoff_max", "start_from", "crate"];
+const OPTIONS: [&str; 10] = [
+    "subject",
+    "actions",
+    "name",
+    "filter",
+    "max_attempts",
+    "backoff",
+    "backoff_max",
+    "timeout",
+    "start_from",
+    "crate",
+];
 
 /// Reads the arguments of `#[inbox(…)]`; what cannot be read is reported and left unset.
 pub(crate) fn options(args: TokenStream, cx: &mut Errors) -> Options {
@@ -61,6 +72,7 @@ pub(crate) fn options(args: TokenStream, cx: &mut Errors) -> Options {
     let mut max_attempts = Once::new("inbox", "max_attempts");
     let mut backoff = Once::new("inbox", "backoff");
     let mut backoff_max = Once::new("inbox", "backoff_max");
+    let mut timeout = Once::new("inbox", "timeout");
     let mut start_from = Once::new("inbox", "start_from");
     let mut krate = Once::new("inbox", "crate");
 
@@ -97,6 +109,10 @@ pub(crate) fn options(args: TokenStream, cx: &mut Errors) -> Options {
                 if let Some(value) = cx.ok(duration(&meta, "backoff_max", "10m")) {
                     backoff_max.set(cx, key, value);
                 }
+            } else if key.is_ident("timeout") {
+                if let Some(value) = cx.ok(duration(&meta, "timeout", "10s")) {
+                    timeout.set(cx, key, value);
+                }
             } else if key.is_ident("start_from") {
                 if let Some(value) = cx.ok(start(&meta)) {
                     start_from.set(cx, key, value);
@@ -127,6 +143,7 @@ pub(crate) fn options(args: TokenStream, cx: &mut Errors) -> Options {
         max_attempts: max_attempts.into_inner(),
         backoff: backoff.into_inner(),
         backoff_max: backoff_max.into_inner(),
+        timeout: timeout.into_inner(),
         start_from: start_from.into_inner(),
         krate: krate.into_inner(),
     }

@@ -53,6 +53,7 @@ pub(crate) fn expand(inbox: &Inbox<'_>) -> TokenStream {
     );
     let backoff = duration(options.backoff.as_ref(), quote!(#module::InboxDef::DEFAULT_BACKOFF));
     let backoff_max = duration(options.backoff_max.as_ref(), quote!(#module::InboxDef::DEFAULT_BACKOFF_MAX));
+    let timeout = duration(options.timeout.as_ref(), quote!(#module::InboxDef::DEFAULT_TIMEOUT));
     let start_from = match options.start_from {
         None | Some(StartFrom::Now) => quote!(#module::StartFrom::Now),
         Some(StartFrom::Beginning) => quote!(#module::StartFrom::Beginning),
@@ -79,6 +80,7 @@ pub(crate) fn expand(inbox: &Inbox<'_>) -> TokenStream {
                 max_attempts: #max_attempts,
                 backoff: #backoff,
                 backoff_max: #backoff_max,
+                timeout: #timeout,
                 start_from: #start_from,
                 handler: #wrapper,
                 file: #file,

@@ -207,6 +207,12 @@ fn check_options(inbox: &Inbox<'_>, cx: &mut Errors) {
         );
     }
 
+    if let Some(timeout) = &options.timeout
+        && timeout.millis == 0
+    {
+        cx.spanned(&timeout.lit, "timeout must be longer than zero; e.g. timeout = \"10s\"");
+    }
+
     if let (Some(backoff), Some(max)) = (&options.backoff, &options.backoff_max)
         && max.millis < backoff.millis
     {
