@@ -74,14 +74,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         eprintln!("usage: dispatch_worker <postgres-url> <schema> <worker-id> [lease-ms]");
         std::process::exit(2);
     };
-    let lease = Duration::from_millis(rest.first().map(|s| s.parse()).transpose()?.unwrap_or(30_000));
+    // Without a lease argument, Herald's default lease.
+    let lease: Option<Duration> = rest.first().map(|s| s.parse().map(Duration::from_millis)).transpose()?;
     let opts = PgConnectOptions::from_str(url)?.options([("search_path", schema.as_str())]);
     let store = Store::from_postgres(PgPoolOptions::new().max_connections(12).connect_with(opts).await?);
-    let dispatcher = Dispatcher::builder(store)
-        .worker_id(worker.as_str())
-        .lease(lease)
-        .poll_interval(Duration::from_millis(100))
-        .build()?;
+    let mut builder = Dispatcher::builder(store).worker_id(worker.as_str()).poll_interval(Duration::from_millis(100));
+    if let Some(lease) = lease {
+        builder = builder.lease(lease);
+    }
+    let dispatcher = builder.build()?;
     // Runs until standard input closes.
     let shutdown = async {
         let _ = tokio::task::spawn_blocking(|| std::io::copy(&mut std::io::stdin(), &mut std::io::sink())).await;

@@ -842,3 +842,75 @@ backend_test!(shutdown_gives_up_on_a_stuck_delivery_at_its_deadline, |store| asy
         Err(herald::Error::InvalidConfig(_))
     ));
 });
+
+// ---- fenced leases ----------------------------------------------------------------------
+
+/// Given to worker A only: its handler then blocks its thread, as a stalled worker would.
+struct Stalls;
+
+#[inbox(subject = "stall")]
+async fn stall_inbox(event: &Event, cx: &Context) -> Result<(), InboxError> {
+    if event.meta("stall").is_some() && cx.resource::<Stalls>().is_ok() {
+        std::thread::sleep(Duration::from_millis(800)); // no renewal can run meanwhile
+    }
+    Ok(note(cx.store(), "stall_inbox", event, cx.attempt()).await?)
+}
+
+// A worker stalls past its lease; another takes over, delivers, moves on. When the
+// first wakes up it may neither take the lease back (renewal never acquires) nor
+// write its stale checkpoint (the epoch moved on): the later event runs once.
+backend_test!(a_stalled_worker_cannot_take_its_lease_back_or_move_the_checkpoint_backwards, |store| async move {
+    create_handled(&store).await;
+    let build = |id: &str, stalls: bool| {
+        let b =
+            Dispatcher::builder(store.clone()).registry(only("stall_")).lease(Duration::from_millis(200)).worker_id(id);
+        if stalls { b.resource(Stalls).build().unwrap() } else { b.build().unwrap() }
+    };
+    let (a, b) = (build("a", true), build("b", false));
+    a.register().await.unwrap();
+    for round in 0..3 {
+        let mut tx = store.begin().await.unwrap();
+        tx.record(Subject::new("stall", round), "ran", Actor::system()).metadata(json!({"stall": true})).await.unwrap();
+        tx.record(Subject::new("stall", round), "ran", Actor::system()).await.unwrap();
+        tx.commit().await.unwrap();
+        let stalled = tokio::spawn({
+            let a = a.clone();
+            async move { a.drain().await }
+        });
+        tokio::time::sleep(Duration::from_millis(400)).await; // A's lease has expired
+        b.drain().await.unwrap();
+        let mut tx = store.begin().await.unwrap();
+        let later = tx.record(Subject::new("stall", 100 + round), "ran", Actor::system()).await.unwrap();
+        tx.commit().await.unwrap();
+        b.drain().await.unwrap();
+        stalled.await.unwrap().unwrap(); // A wakes up, its batch's result is discarded
+        b.drain().await.unwrap();
+        a.drain().await.unwrap();
+        let runs = handled(&store).await.iter().filter(|h| h.1 == later.id.0).count();
+        assert_eq!(runs, 1, "round {round}: the event after the takeover ran {runs} times");
+    }
+});
+
+#[inbox(subject = "replica")]
+async fn replica_inbox(event: &Event, cx: &Context) -> Result<(), InboxError> {
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    Ok(note(cx.store(), "replica_inbox", event, cx.attempt()).await?)
+}
+
+backend_test!(two_replicas_given_one_worker_id_are_two_workers, |store| async move {
+    create_handled(&store).await;
+    let build = || Dispatcher::builder(store.clone()).registry(only("replica_")).worker_id("replica").build().unwrap();
+    let (one, two) = (build(), build());
+    one.register().await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    tx.record_all((0..40).map(|n| NewEvent::new(Subject::new("replica", n), "ran", Actor::system()))).await.unwrap();
+    tx.commit().await.unwrap();
+    let (x, y) = tokio::join!(one.drain(), two.drain());
+    x.unwrap();
+    y.unwrap();
+    one.drain().await.unwrap();
+    let runs = handled(&store).await;
+    assert_eq!(runs.len(), 40, "each event once, not once per replica");
+    assert_ne!(one.worker_id(), two.worker_id());
+    assert!(one.worker_id().starts_with("replica-") && two.worker_id().starts_with("replica-"));
+});

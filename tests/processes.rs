@@ -21,8 +21,15 @@ struct Worker(Child);
 
 impl Worker {
     fn start(db: &TestDb, id: &str, lease_ms: u64) -> Worker {
+        Self::start_with(db, id, Some(lease_ms))
+    }
+
+    /// `lease_ms: None`: Herald's default lease.
+    fn start_with(db: &TestDb, id: &str, lease_ms: Option<u64>) -> Worker {
+        let mut args = vec![common::database_url(), db.schema().expect("a schema").to_owned(), id.to_owned()];
+        args.extend(lease_ms.map(|ms| ms.to_string()));
         let child = Command::new(worker_binary())
-            .args([&common::database_url(), db.schema().expect("a schema"), id, &lease_ms.to_string()])
+            .args(&args)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -188,4 +195,28 @@ async fn three_workers_share_ten_thousand_events_without_reruns_postgres() {
     let busy =
         scalar(&store, "SELECT COUNT(DISTINCT lease_owner) FROM herald_inboxes WHERE lease_owner IS NOT NULL").await;
     assert_eq!(busy, 0, "leases were released on shutdown");
+}
+
+// With default settings, a killed worker's delivery is taken over within seconds: the
+// lease (4 s, renewed while the handler runs) plus the other worker's poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_workers_delivery_is_taken_over_within_seconds_by_default_postgres() {
+    let Some(db) = setup().await else { return };
+    let store = db.store.clone();
+    let first = Worker::start_with(&db, "first", None);
+    let mut tx = store.begin().await.unwrap();
+    tx.record(Subject::new("crash", 1), "happened", Actor::system()).await.unwrap();
+    tx.commit().await.unwrap();
+    let started = wait_for(&store, "SELECT COUNT(*) FROM runs WHERE phase = 'start'", 1, Duration::from_secs(10)).await;
+    assert_eq!(started, 1);
+    let second = Worker::start_with(&db, "second", None);
+    tokio::time::sleep(Duration::from_millis(500)).await; // the second is up and polling
+    let killed = Instant::now();
+    first.kill();
+    let again = wait_for(&store, "SELECT COUNT(*) FROM runs WHERE phase = 'start'", 2, Duration::from_secs(40)).await;
+    let took = killed.elapsed();
+    eprintln!("taken over {took:?} after the kill");
+    second.stop();
+    assert_eq!(again, 2, "the second worker took the delivery over");
+    assert!(took <= Duration::from_secs(6), "taken over {took:?} after the kill; the default lease should bound it");
 }

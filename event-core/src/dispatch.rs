@@ -186,9 +186,12 @@ pub(crate) const EMPTY_SNAPSHOT: &str = "1:1:";
 pub(crate) struct LeaseRow {
     pub(crate) checkpoint: Mark,
     pub(crate) owner: Option<String>,
-    pub(crate) until: Option<DateTime<Utc>>,
+    /// Whether the owner's lease still holds, by the database's clock.
+    pub(crate) live: bool,
     pub(crate) crash_at: Option<Mark>,
     pub(crate) crashes: u32,
+    /// Bumped by every acquisition: a write that names an older epoch is refused.
+    pub(crate) epoch: i64,
 }
 
 /// A lease on an inbox: its checkpoint, and what crashes happened at it.
@@ -199,13 +202,15 @@ pub(crate) struct Lease {
     pub(crate) crashes: u32,
     /// Taken over from a worker whose lease expired: it died or hung mid-batch.
     pub(crate) taken_over: bool,
+    /// The lease's epoch: renewals and checkpoint writes must name it.
+    pub(crate) epoch: i64,
 }
 
 impl LeaseRow {
     /// The lease `me` gets, or `None` while another worker's lease holds.
-    pub(crate) fn acquire(self, me: &str, now: DateTime<Utc>) -> Option<Lease> {
+    pub(crate) fn acquire(self, me: &str) -> Option<Lease> {
         let other = self.owner.as_deref().is_some_and(|o| o != me);
-        if other && self.until.is_some_and(|u| u > now) {
+        if other && self.live {
             return None;
         }
         let (crash_at, crashes) = match (other, self.crash_at) {
@@ -213,7 +218,7 @@ impl LeaseRow {
             (true, _) => (Some(self.checkpoint.clone()), 1),
             (false, at) => (at, self.crashes),
         };
-        Some(Lease { checkpoint: self.checkpoint, crash_at, crashes, taken_over: other })
+        Some(Lease { checkpoint: self.checkpoint, crash_at, crashes, taken_over: other, epoch: self.epoch + 1 })
     }
 }
 
@@ -244,8 +249,8 @@ pub(crate) enum Relet {
     /// Nothing for the inbox up to the view, and nothing written (the caller keeps
     /// the new position in memory until it is worth a write).
     Empty,
-    /// Leased, with the next batch.
-    Leased(Batch),
+    /// Leased (at this epoch), with the next batch.
+    Leased(Batch, i64),
 }
 
 /// Events read for an inbox, in commit order: each decoded alone, so one unreadable
@@ -361,9 +366,14 @@ impl DispatcherBuilder {
         self
     }
 
-    /// How long a claim holds before another worker may take it over (default 30 s;
-    /// [`MIN_LEASE`] to [`MAX_LEASE`]). Leases are renewed while handlers run; keep it
-    /// well above clock skew between hosts.
+    /// How long a claim holds before another worker may take it over (default 4 s;
+    /// [`MIN_LEASE`] to [`MAX_LEASE`]). Leases are renewed every third of it while
+    /// handlers run, so a long handler needs no long lease; a killed worker's inbox is
+    /// taken over within the lease plus the poll interval (5 s by default). Lease times
+    /// are the database's clock on PostgreSQL, so workers' clocks may disagree. Every
+    /// acquisition bumps the lease's epoch, and renewals and checkpoint writes must name
+    /// theirs: a worker that stalled past its lease can neither take it back nor move
+    /// the checkpoint.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
         self
@@ -423,7 +433,9 @@ impl DispatcherBuilder {
         self
     }
 
-    /// The name this worker's leases carry (default: process id and a random suffix).
+    /// The name this worker's leases carry, to tell workers apart in logs and tables
+    /// (default: the process id). A random suffix is always added, so two replicas
+    /// given one id are still two workers.
     pub fn worker_id(mut self, id: impl Into<String>) -> Self {
         self.worker_id = Some(id.into());
         self
@@ -469,7 +481,12 @@ impl DispatcherBuilder {
         if let Some((_, problem)) = checks.into_iter().find(|(bad, _)| *bad) {
             return Err(Error::InvalidConfig(problem));
         }
-        let me = self.worker_id.unwrap_or_else(|| format!("{}-{:08x}", std::process::id(), random() as u32));
+        // A per-run suffix even on a given id: two replicas started with one id must
+        // not both believe they hold the same lease.
+        let me = match self.worker_id {
+            Some(id) => format!("{id}-{:08x}", random() as u32),
+            None => format!("{}-{:08x}", std::process::id(), random() as u32),
+        };
         let store = self.store.max_causation_depth(self.max_causation_depth);
         Ok(Dispatcher {
             inner: Arc::new(Inner {
@@ -541,14 +558,16 @@ struct Known {
     seen: Mark,
     /// When `checkpoint` was written.
     written: tokio::time::Instant,
+    /// The epoch of this worker's lease on the row, if it holds one.
+    epoch: i64,
     /// Until when this worker holds the lease, if it does.
     lease_until: Option<DateTime<Utc>>,
 }
 
 impl Known {
     /// Just written (or read) from the database.
-    fn stored(checkpoint: Mark, lease_until: Option<DateTime<Utc>>) -> Self {
-        Known { seen: checkpoint.clone(), checkpoint, written: tokio::time::Instant::now(), lease_until }
+    fn stored(checkpoint: Mark, lease_until: Option<DateTime<Utc>>, epoch: i64) -> Self {
+        Known { seen: checkpoint.clone(), checkpoint, written: tokio::time::Instant::now(), lease_until, epoch }
     }
 }
 
@@ -598,7 +617,7 @@ impl Dispatcher {
             registry: None,
             resources: Resources::default(),
             concurrency: 8,
-            lease: Duration::from_secs(30),
+            lease: Duration::from_secs(4),
             poll_interval: Duration::from_secs(1),
             batch_size: 100,
             max_lease_expiries: 3,
@@ -856,45 +875,46 @@ impl Dispatcher {
         // there is something, and the position is written only if it is due.
         let relet = match &known {
             Some(k @ Known { lease_until: None, .. }) => {
-                let (until, limit) = (t + chrono_of(inner.lease), self.batch_limit(def.name)?);
+                let limit = self.batch_limit(def.name)?;
                 let passed = k.seen.after(view, None, false);
                 let write = persist_due(k, &passed).then_some(&passed);
-                match store.relet_and_read(def, &inner.me, &k.checkpoint, &k.seen, write, t, until, view, limit).await?
-                {
+                let relet =
+                    store.relet_and_read(def, &inner.me, &k.checkpoint, &k.seen, write, t, inner.lease, view, limit);
+                match relet.await? {
                     Relet::Changed => None,
                     Relet::Advanced => {
-                        self.remember(def.name, Some(Known::stored(passed, None)));
+                        self.remember(def.name, Some(Known::stored(passed, None, k.epoch)));
                         return Ok(Pass::default());
                     }
                     Relet::Empty => {
                         self.remember(def.name, Some(Known { seen: passed, ..k.clone() }));
                         return Ok(Pass::default());
                     }
-                    Relet::Leased(batch) => Some((k.seen.clone(), batch)),
+                    Relet::Leased(batch, epoch) => Some((k.seen.clone(), batch, epoch)),
                 }
             }
             _ => None,
         };
         let mut prefetched = None;
         let lease = match (known, relet) {
-            (_, Some((checkpoint, batch))) => {
+            (_, Some((checkpoint, batch, epoch))) => {
                 prefetched = Some(batch);
-                Lease { checkpoint, crash_at: None, crashes: 0, taken_over: false }
+                Lease { checkpoint, crash_at: None, crashes: 0, taken_over: false, epoch }
             }
             // Still ours for a good while: no need to ask the database again.
-            (Some(Known { checkpoint, lease_until: Some(until), .. }), None)
+            (Some(Known { checkpoint, lease_until: Some(until), epoch, .. }), None)
                 if until > t + chrono_of(inner.lease / 2) =>
             {
-                Lease { checkpoint, crash_at: None, crashes: 0, taken_over: false }
+                Lease { checkpoint, crash_at: None, crashes: 0, taken_over: false, epoch }
             }
-            _ => match store.lease_inbox(def.name, &inner.me, t, t + chrono_of(inner.lease)).await? {
+            _ => match store.lease_inbox(def.name, &inner.me, inner.lease, t).await? {
                 Some(lease) => lease,
                 None => return Ok(Pass::default()),
             },
         };
         if lease.checkpoint.caught_up(view) {
-            let released = store.advance(def.name, &inner.me, &lease.checkpoint, None, &[], now()).await?;
-            self.remember(def.name, released.then(|| Known::stored(lease.checkpoint, None)));
+            let released = store.advance(def.name, &inner.me, lease.epoch, &lease.checkpoint, None, &[], now()).await?;
+            self.remember(def.name, released.then(|| Known::stored(lease.checkpoint, None, lease.epoch)));
             return Ok(Pass::default());
         }
         if lease.taken_over {
@@ -935,18 +955,19 @@ impl Dispatcher {
                 .collect()
         } else {
             let events = batch.into_iter().map(|(pos, e)| (EventId(pos.id), e)).collect();
-            let (delivered, failures) = self.deliver(def, events, 0).await;
+            let (delivered, failures) = self.deliver(def, events, 0, Some(lease.epoch)).await;
             pass.delivered = delivered;
             failures
         };
         pass.failed = failures.len() as u64;
-        let renew = pass.more.then(|| now() + chrono_of(inner.lease));
-        if !store.advance(def.name, &inner.me, &to, renew, &failures, now()).await? {
+        let renew = pass.more.then_some(inner.lease);
+        if !store.advance(def.name, &inner.me, lease.epoch, &to, renew, &failures, now()).await? {
             tracing::warn!(inbox = def.name, "herald: lease lost mid-batch; its new owner re-delivers the batch");
             self.remember(def.name, None);
             return Ok(Pass::default());
         }
-        self.remember(def.name, Some(Known::stored(to, renew)));
+        let held_until = renew.map(|lease| now() + chrono_of(lease));
+        self.remember(def.name, Some(Known::stored(to, held_until, lease.epoch)));
         if careful && let Ok(mut careful) = inner.careful.lock() {
             let left = careful.entry(def.name).or_default();
             *left = left.saturating_sub(read.max(1));
@@ -979,11 +1000,15 @@ impl Dispatcher {
     /// succeeded and the failures. `attempts` is the number of failed attempts so far.
     /// An event that cannot be read is dead-lettered at once (no retry can read it);
     /// a filter that panics fails its event like a handler that panics.
+    ///
+    /// `epoch`: the inbox lease to keep renewed meanwhile (batches hold one; retries
+    /// do not).
     async fn deliver(
         &self,
         def: &'static InboxDef,
         events: Vec<(EventId, Result<Event>)>,
         attempts: u32,
+        epoch: Option<i64>,
     ) -> (u64, Vec<Failure>) {
         let inner = &self.inner;
         let mut failures = Vec::new();
@@ -1036,10 +1061,18 @@ impl Dispatcher {
         let outcomes = loop {
             tokio::select! {
                 outcomes = &mut work => break outcomes,
-                _ = renew.tick() => {
-                    let t = now();
-                    if let Err(e) = inner.store.lease_inbox(def.name, &inner.me, t, t + chrono_of(inner.lease)).await {
-                        tracing::warn!(inbox = def.name, error = %e, "herald: renewing a lease failed");
+                _ = renew.tick(), if epoch.is_some() => {
+                    // Renewal never acquires: a worker that lost its lease (it stalled past
+                    // it) must not take it back and then write a stale checkpoint.
+                    let epoch = epoch.unwrap_or_default();
+                    match inner.store.renew_lease(def.name, &inner.me, epoch, inner.lease).await {
+                        Ok(true) => {}
+                        Ok(false) => tracing::warn!(
+                            inbox = def.name,
+                            "herald: lease lost while delivering (this worker stalled past it); its new owner \
+                             makes the batch again and this worker's result is discarded"
+                        ),
+                        Err(e) => tracing::warn!(inbox = def.name, error = %e, "herald: renewing a lease failed"),
                     }
                 }
             }
@@ -1085,7 +1118,7 @@ impl Dispatcher {
                 pass.failed += 1;
                 continue;
             }
-            let (ok, mut failures) = self.deliver(def, vec![(c.event_id, c.event)], c.attempts).await;
+            let (ok, mut failures) = self.deliver(def, vec![(c.event_id, c.event)], c.attempts, None).await;
             pass.delivered += ok;
             if ok == 1 || failures.is_empty() {
                 succeeded.push(c.id);

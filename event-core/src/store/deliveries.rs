@@ -49,14 +49,27 @@ impl Store {
         on_backend!(self, sync_inbox(name, start, now))
     }
 
+    /// Takes the inbox's lease for `lease` (database clock), unless another worker's holds.
     pub(crate) async fn lease_inbox(
         &self,
         name: &str,
         me: &str,
+        lease: std::time::Duration,
         now: DateTime<Utc>,
-        until: DateTime<Utc>,
     ) -> Result<Option<Lease>> {
-        on_backend!(self, lease_inbox(name, me, now, until))
+        on_backend!(self, lease_inbox(name, me, lease, now))
+    }
+
+    /// Extends a lease `me` holds at `epoch`; `false` when it is no longer ours.
+    /// Never acquires.
+    pub(crate) async fn renew_lease(
+        &self,
+        name: &str,
+        me: &str,
+        epoch: i64,
+        lease: std::time::Duration,
+    ) -> Result<bool> {
+        on_backend!(self, renew_lease(name, me, epoch, lease))
     }
 
     /// Re-takes a lease this worker released (the row still at `checkpoint`) and reads
@@ -72,11 +85,11 @@ impl Store {
         from: &Mark,
         passed: Option<&Mark>,
         now: DateTime<Utc>,
-        until: DateTime<Utc>,
+        lease: std::time::Duration,
         view: &View,
         limit: usize,
     ) -> Result<Relet> {
-        on_backend!(self, relet_and_read(def, me, checkpoint, from, passed, now, until, view, limit))
+        on_backend!(self, relet_and_read(def, me, checkpoint, from, passed, now, lease, view, limit))
     }
 
     pub(crate) async fn read_batch(
@@ -104,12 +117,13 @@ impl Store {
         &self,
         name: &str,
         me: &str,
+        epoch: i64,
         to: &Mark,
-        renew: Option<DateTime<Utc>>,
+        renew: Option<std::time::Duration>,
         failures: &[Failure],
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        on_backend!(self, advance(name, me, to, renew, failures, now))
+        on_backend!(self, advance(name, me, epoch, to, renew, failures, now))
     }
 
     pub(crate) async fn claim_retries(

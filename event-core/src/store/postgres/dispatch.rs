@@ -87,16 +87,18 @@ fn checkpoint(row: &PgRow) -> Result<Mark> {
 
 /// Optimistic, two round trips and no transaction: read the row, decide in Rust
 /// ([`LeaseRow::acquire`]), then write the lease only if the row is still exactly as
-/// read. A concurrent taker makes the `UPDATE` match nothing: not ours this time.
+/// read (its epoch unchanged). A concurrent taker makes the `UPDATE` match nothing:
+/// not ours this time. Lease times are the database's clock, never a worker's.
 pub(crate) async fn lease_inbox(
     pool: &PgPool,
     name: &str,
     me: &str,
+    lease: std::time::Duration,
     now: DateTime<Utc>,
-    until: DateTime<Utc>,
 ) -> Result<Option<Lease>> {
     let row = sqlx::query(
-        "SELECT snap_from, snap_to, checkpoint_tx, checkpoint_id, lease_owner, lease_until, \
+        "SELECT snap_from, snap_to, checkpoint_tx, checkpoint_id, lease_owner, \
+         COALESCE(lease_until > clock_timestamp(), FALSE) AS live, lease_epoch, \
          crash_from, crash_to, crash_tx, crash_id, crashes FROM herald_inboxes WHERE name = $1",
     )
     .bind(name)
@@ -106,37 +108,58 @@ pub(crate) async fn lease_inbox(
     let current = LeaseRow {
         checkpoint: checkpoint(&row)?,
         owner: row.try_get("lease_owner")?,
-        until: row.try_get("lease_until")?,
+        live: row.try_get("live")?,
         crash_at: mark(&row, "crash_from", "crash_to", "crash_tx", "crash_id")?,
         crashes: row.try_get::<i32, _>("crashes")? as u32,
+        epoch: row.try_get("lease_epoch")?,
     };
-    let (owner, owner_until) = (current.owner.clone(), current.until);
-    let Some(lease) = current.acquire(me, now) else { return Ok(None) };
-    let crash = lease.crash_at.as_ref();
-    let taken = sqlx::query(
-        "UPDATE herald_inboxes SET lease_owner = $1, lease_until = $2, crash_tx = $3, crash_id = $4, crashes = $5, \
-         crash_from = $12, crash_to = $13, updated_at = $6 WHERE name = $7 AND checkpoint_tx = $8 \
-         AND checkpoint_id = $9 AND snap_from = $14 AND snap_to IS NOT DISTINCT FROM $15 \
-         AND lease_owner IS NOT DISTINCT FROM $10 AND lease_until IS NOT DISTINCT FROM $11",
+    let owner = current.owner.clone();
+    let Some(taken) = current.acquire(me) else { return Ok(None) };
+    let crash = taken.crash_at.as_ref();
+    let done = sqlx::query(
+        "UPDATE herald_inboxes SET lease_owner = $1, lease_until = clock_timestamp() + make_interval(secs => $2), \
+         crash_tx = $3, crash_id = $4, crashes = $5, crash_from = $11, crash_to = $12, updated_at = $6, \
+         lease_epoch = $13 WHERE name = $7 AND lease_epoch = $14 AND checkpoint_tx = $8 AND checkpoint_id = $9 \
+         AND lease_owner IS NOT DISTINCT FROM $10",
     )
     .bind(me)
-    .bind(until)
+    .bind(lease.as_secs_f64())
     .bind(crash.map(|m| m.at.tx))
     .bind(crash.map(|m| m.at.id))
-    .bind(lease.crashes as i32)
+    .bind(taken.crashes as i32)
     .bind(now)
     .bind(name)
-    .bind(lease.checkpoint.at.tx)
-    .bind(lease.checkpoint.at.id)
+    .bind(taken.checkpoint.at.tx)
+    .bind(taken.checkpoint.at.id)
     .bind(owner)
-    .bind(owner_until)
     .bind(crash.and_then(|m| m.from.as_deref()))
     .bind(crash.and_then(|m| m.to.as_deref()))
-    .bind(lease.checkpoint.from.as_deref())
-    .bind(lease.checkpoint.to.as_deref())
+    .bind(taken.epoch)
+    .bind(taken.epoch - 1)
     .execute(pool)
     .await?;
-    Ok((taken.rows_affected() == 1).then_some(lease))
+    Ok((done.rows_affected() == 1).then_some(taken))
+}
+
+/// Extends the lease `me` holds at `epoch`, by the database's clock; never takes one.
+pub(crate) async fn renew_lease(
+    pool: &PgPool,
+    name: &str,
+    me: &str,
+    epoch: i64,
+    lease: std::time::Duration,
+) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE herald_inboxes SET lease_until = clock_timestamp() + make_interval(secs => $1) \
+         WHERE name = $2 AND lease_owner = $3 AND lease_epoch = $4",
+    )
+    .bind(lease.as_secs_f64())
+    .bind(name)
+    .bind(me)
+    .bind(epoch)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 /// Appends `AND` terms matching the row's checkpoint columns to `mark`.
@@ -160,34 +183,38 @@ pub(crate) async fn relet_and_read(
     from: &Mark,
     passed: Option<&Mark>,
     now: DateTime<Utc>,
-    until: DateTime<Utc>,
+    lease: std::time::Duration,
     view: &View,
     limit: usize,
 ) -> Result<Relet> {
+    let secs = lease.as_secs_f64();
     let mut q = QueryBuilder::<Postgres>::new("WITH batch AS (");
     push_batch(&mut q, def, from, view, limit);
     let Some(passed) = passed else {
         // Nothing is written unless there is a batch: the row is only leased then.
         q.push("), lease AS (UPDATE herald_inboxes SET lease_owner = ").push_bind(me);
-        q.push(", lease_until = ").push_bind(until).push(", updated_at = ").push_bind(now);
+        q.push(", lease_until = clock_timestamp() + make_interval(secs => ").push_bind(secs);
+        q.push("), lease_epoch = lease_epoch + 1, updated_at = ").push_bind(now);
         q.push(" WHERE name = ").push_bind(def.name).push(" AND lease_owner IS NULL AND EXISTS (SELECT 1 FROM batch)");
         push_mark_is(&mut q, checkpoint);
         q.push(
-            " RETURNING 1) SELECT (SELECT count(*) FROM lease) AS leased, (SELECT count(*) FROM batch) AS found, b.* \
-                FROM (SELECT 1) AS one LEFT JOIN batch AS b ON TRUE",
+            " RETURNING lease_epoch) SELECT (SELECT count(*) FROM lease) AS leased, \
+             (SELECT max(lease_epoch) FROM lease) AS epoch, (SELECT count(*) FROM batch) AS found, b.* \
+             FROM (SELECT 1) AS one LEFT JOIN batch AS b ON TRUE",
         );
         let rows = q.build().fetch_all(pool).await?;
         let found = rows.first().map(|r| r.try_get::<i64, _>("found")).transpose()?.unwrap_or(0);
         if found == 0 {
             return Ok(Relet::Empty);
         }
-        if rows.first().map(|r| r.try_get::<i64, _>("leased")).transpose()? != Some(1) {
-            return Ok(Relet::Changed);
-        }
-        return batch_of(&rows).map(Relet::Leased);
+        let epoch = rows.first().map(|r| r.try_get::<Option<i64>, _>("epoch")).transpose()?.flatten();
+        let Some(epoch) = epoch else { return Ok(Relet::Changed) };
+        return Ok(Relet::Leased(batch_of(&rows)?, epoch));
     };
     q.push("), lease AS (UPDATE herald_inboxes SET lease_owner = CASE WHEN EXISTS (SELECT 1 FROM batch) THEN ");
-    q.push_bind(me).push(" END, lease_until = CASE WHEN EXISTS (SELECT 1 FROM batch) THEN ").push_bind(until);
+    q.push_bind(me).push(" END, lease_until = CASE WHEN EXISTS (SELECT 1 FROM batch) THEN clock_timestamp() + ");
+    q.push("make_interval(secs => ").push_bind(secs).push(")");
+    q.push(" END, lease_epoch = lease_epoch + CASE WHEN EXISTS (SELECT 1 FROM batch) THEN 1 ELSE 0");
     let keep_or = |q: &mut QueryBuilder<Postgres>, column: &str| {
         q.push(format!(" END, {column} = CASE WHEN EXISTS (SELECT 1 FROM batch) THEN {column} ELSE "));
     };
@@ -202,16 +229,18 @@ pub(crate) async fn relet_and_read(
     q.push(" END, updated_at = ").push_bind(now);
     q.push(" WHERE name = ").push_bind(def.name).push(" AND lease_owner IS NULL");
     push_mark_is(&mut q, checkpoint);
-    q.push(" RETURNING 1) ");
+    q.push(" RETURNING lease_epoch) ");
     q.push(
-        "SELECT l.leased, b.* FROM (SELECT count(*) AS leased FROM lease) AS l LEFT JOIN batch AS b ON l.leased = 1",
+        "SELECT l.leased, l.epoch, b.* FROM (SELECT count(*) AS leased, max(lease_epoch) AS epoch FROM lease) AS l \
+         LEFT JOIN batch AS b ON l.leased = 1",
     );
     let rows = q.build().fetch_all(pool).await?;
     if rows.first().map(|r| r.try_get::<i64, _>("leased")).transpose()? != Some(1) {
         return Ok(Relet::Changed);
     }
+    let epoch = rows.first().map(|r| r.try_get::<Option<i64>, _>("epoch")).transpose()?.flatten().unwrap_or_default();
     let batch = batch_of(&rows)?;
-    Ok(if batch.is_empty() { Relet::Advanced } else { Relet::Leased(batch) })
+    Ok(if batch.is_empty() { Relet::Advanced } else { Relet::Leased(batch, epoch) })
 }
 
 /// The events of a joined batch read; no event for the inbox leaves one row of NULLs.
@@ -324,28 +353,33 @@ pub(crate) async fn explain_batch(
 
 /// Moves the checkpoint and parks the failures in one transaction, if the lease is
 /// still ours; `false` (and nothing written) if another worker took it.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn advance(
     pool: &PgPool,
     name: &str,
     me: &str,
+    epoch: i64,
     to: &Mark,
-    renew: Option<DateTime<Utc>>,
+    renew: Option<std::time::Duration>,
     failures: &[Failure],
     now: DateTime<Utc>,
 ) -> Result<bool> {
+    // Only the holder of the current epoch moves the checkpoint: a worker that lost
+    // its lease (it stalled past it, another took over and moved on) writes nothing.
     const MOVE: &str = "UPDATE herald_inboxes SET checkpoint_tx = $1, checkpoint_id = $2, lease_owner = $3, \
-                        lease_until = $4, updated_at = $5, snap_from = $8, snap_to = $9 \
-                        WHERE name = $6 AND lease_owner = $7";
+                        lease_until = clock_timestamp() + make_interval(secs => $4), updated_at = $5, \
+                        snap_from = $8, snap_to = $9 WHERE name = $6 AND lease_owner = $7 AND lease_epoch = $10";
     let bind_move = |q: sqlx::query::Query<'static, Postgres, sqlx::postgres::PgArguments>| {
         q.bind(to.at.tx)
             .bind(to.at.id)
             .bind(renew.map(|_| me.to_owned()))
-            .bind(renew)
+            .bind(renew.map(|lease| lease.as_secs_f64()))
             .bind(now)
             .bind(name.to_owned())
             .bind(me.to_owned())
             .bind(to.from.as_deref().unwrap_or_default().to_owned())
             .bind(to.to.as_deref().map(str::to_owned))
+            .bind(epoch)
     };
     if failures.is_empty() {
         // One statement, one round trip: nothing else to keep atomic with it.

@@ -36,16 +36,22 @@ pub(crate) async fn sync_inbox(pool: &SqlitePool, name: &str, start: &Mark, now:
     Ok(())
 }
 
+/// The lease's end for a lease taken at `now`. SQLite runs on one machine: its
+/// processes share one clock, so the database's clock is this one.
+fn lease_end(now: DateTime<Utc>, lease: std::time::Duration) -> String {
+    encode_time(crate::model::time_after(now, lease))
+}
+
 pub(crate) async fn lease_inbox(
     pool: &SqlitePool,
     name: &str,
     me: &str,
+    lease: std::time::Duration,
     now: DateTime<Utc>,
-    until: DateTime<Utc>,
 ) -> Result<Option<Lease>> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     let row = sqlx::query(
-        "SELECT checkpoint_tx, checkpoint_id, lease_owner, lease_until, crash_tx, crash_id, crashes \
+        "SELECT checkpoint_tx, checkpoint_id, lease_owner, lease_until, crash_tx, crash_id, crashes, lease_epoch \
          FROM herald_inboxes WHERE name = ?",
     )
     .bind(name)
@@ -56,29 +62,53 @@ pub(crate) async fn lease_inbox(
     let current = LeaseRow {
         checkpoint: at(row.try_get("checkpoint_tx")?, row.try_get("checkpoint_id")?),
         owner: row.try_get("lease_owner")?,
-        until: lease_until.map(|t| decode_time(0, &t)).transpose()?,
+        live: lease_until.map(|t| decode_time(0, &t)).transpose()?.is_some_and(|until| until > now),
         crash_at: match (row.try_get::<Option<i64>, _>("crash_tx")?, row.try_get::<Option<i64>, _>("crash_id")?) {
             (Some(tx), Some(id)) => Some(at(tx, id)),
             _ => None,
         },
         crashes: row.try_get::<i64, _>("crashes")? as u32,
+        epoch: row.try_get("lease_epoch")?,
     };
-    let Some(lease) = current.acquire(me, now) else { return Ok(None) };
+    let Some(taken) = current.acquire(me) else { return Ok(None) };
     sqlx::query(
         "UPDATE herald_inboxes SET lease_owner = ?, lease_until = ?, crash_tx = ?, crash_id = ?, crashes = ?, \
-         updated_at = ? WHERE name = ?",
+         updated_at = ?, lease_epoch = ? WHERE name = ?",
     )
     .bind(me)
-    .bind(encode_time(until))
-    .bind(lease.crash_at.as_ref().map(|m| m.at.tx))
-    .bind(lease.crash_at.as_ref().map(|m| m.at.id))
-    .bind(i64::from(lease.crashes))
+    .bind(lease_end(now, lease))
+    .bind(taken.crash_at.as_ref().map(|m| m.at.tx))
+    .bind(taken.crash_at.as_ref().map(|m| m.at.id))
+    .bind(i64::from(taken.crashes))
     .bind(encode_time(now))
+    .bind(taken.epoch)
     .bind(name)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(Some(lease))
+    Ok(Some(taken))
+}
+
+/// Extends the lease `me` holds at `epoch`; never takes one.
+pub(crate) async fn renew_lease(
+    pool: &SqlitePool,
+    name: &str,
+    me: &str,
+    epoch: i64,
+    lease: std::time::Duration,
+) -> Result<bool> {
+    let now = crate::model::now();
+    let done = sqlx::query(
+        "UPDATE herald_inboxes SET lease_until = ?, updated_at = ? WHERE name = ? AND lease_owner = ? AND lease_epoch = ?",
+    )
+    .bind(lease_end(now, lease))
+    .bind(encode_time(now))
+    .bind(name)
+    .bind(me)
+    .bind(epoch)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 /// Takes an unowned lease back in one statement, if the row is exactly as this worker
@@ -89,21 +119,21 @@ async fn relet(
     me: &str,
     checkpoint: &Mark,
     now: DateTime<Utc>,
-    until: DateTime<Utc>,
-) -> Result<bool> {
-    let done = sqlx::query(
-        "UPDATE herald_inboxes SET lease_owner = ?, lease_until = ?, updated_at = ? \
-         WHERE name = ? AND lease_owner IS NULL AND checkpoint_tx = ? AND checkpoint_id = ?",
+    lease: std::time::Duration,
+) -> Result<Option<i64>> {
+    let epoch: Option<i64> = sqlx::query_scalar(
+        "UPDATE herald_inboxes SET lease_owner = ?, lease_until = ?, updated_at = ?, lease_epoch = lease_epoch + 1 \
+         WHERE name = ? AND lease_owner IS NULL AND checkpoint_tx = ? AND checkpoint_id = ? RETURNING lease_epoch",
     )
     .bind(me)
-    .bind(encode_time(until))
+    .bind(lease_end(now, lease))
     .bind(encode_time(now))
     .bind(name)
     .bind(checkpoint.at.tx)
     .bind(checkpoint.at.id)
-    .execute(pool)
+    .fetch_optional(pool)
     .await?;
-    Ok(done.rows_affected() == 1)
+    Ok(epoch)
 }
 
 /// Reads the next batch from `from`; takes an unowned lease back (see [`relet`]) only
@@ -120,7 +150,7 @@ pub(crate) async fn relet_and_read(
     from: &Mark,
     passed: Option<&Mark>,
     now: DateTime<Utc>,
-    until: DateTime<Utc>,
+    lease: std::time::Duration,
     view: &View,
     limit: usize,
 ) -> Result<Relet> {
@@ -129,14 +159,15 @@ pub(crate) async fn relet_and_read(
     if batch.is_empty() && passed.is_none() {
         return Ok(Relet::Empty);
     }
-    if !relet(pool, def.name, me, checkpoint, now, until).await? {
+    let Some(epoch) = relet(pool, def.name, me, checkpoint, now, lease).await? else {
         return Ok(Relet::Changed);
-    }
+    };
     if !batch.is_empty() {
-        return Ok(Relet::Leased(batch));
+        return Ok(Relet::Leased(batch, epoch));
     }
     let passed = passed.unwrap_or(from);
-    Ok(if advance(pool, def.name, me, passed, None, &[], now).await? { Relet::Advanced } else { Relet::Changed })
+    let moved = advance(pool, def.name, me, epoch, passed, None, &[], now).await?;
+    Ok(if moved { Relet::Advanced } else { Relet::Changed })
 }
 
 /// The mark of a SQLite checkpoint: an event id.
@@ -186,28 +217,32 @@ pub(crate) async fn explain_batch(
 
 /// Parks the failures and moves the checkpoint, in one transaction, if the lease is
 /// still ours; `false` (and nothing written) if another worker took it.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn advance(
     pool: &SqlitePool,
     name: &str,
     me: &str,
+    epoch: i64,
     to: &Mark,
-    renew: Option<DateTime<Utc>>,
+    renew: Option<std::time::Duration>,
     failures: &[Failure],
     now: DateTime<Utc>,
 ) -> Result<bool> {
     const MOVE: &str = "UPDATE herald_inboxes SET checkpoint_tx = ?, checkpoint_id = ?, lease_owner = ?, \
-                        lease_until = ?, updated_at = ? WHERE name = ? AND lease_owner = ?";
+                        lease_until = ?, updated_at = ? WHERE name = ? AND lease_owner = ? AND lease_epoch = ?";
     let to = to.at;
+    let renew = renew.map(|lease| lease_end(now, lease));
     if failures.is_empty() {
         // One statement: nothing else to keep atomic with it.
         let moved = sqlx::query(MOVE)
             .bind(to.tx)
             .bind(to.id)
-            .bind(renew.map(|_| me))
-            .bind(renew.map(encode_time))
+            .bind(renew.as_ref().map(|_| me))
+            .bind(renew.as_deref())
             .bind(encode_time(now))
             .bind(name)
             .bind(me)
+            .bind(epoch)
             .execute(pool)
             .await?;
         return Ok(moved.rows_affected() == 1);
@@ -216,11 +251,12 @@ pub(crate) async fn advance(
     let moved = sqlx::query(MOVE)
         .bind(to.tx)
         .bind(to.id)
-        .bind(renew.map(|_| me))
-        .bind(renew.map(encode_time))
+        .bind(renew.as_ref().map(|_| me))
+        .bind(renew.as_deref())
         .bind(encode_time(now))
         .bind(name)
         .bind(me)
+        .bind(epoch)
         .execute(&mut *tx)
         .await?;
     if moved.rows_affected() != 1 {
