@@ -798,7 +798,9 @@ backend_test!(a_hung_handler_times_out_is_retried_then_dead_and_the_inbox_goes_o
     tx.commit().await.unwrap();
 
     let first = tokio::time::timeout(Duration::from_secs(10), d.drain()).await.expect("drain returns").unwrap();
-    assert_eq!((first.delivered, first.failed), (1, 1));
+    // The retry (10 ms later) may fall due within the same drain and time out again.
+    assert_eq!(first.delivered, 1, "{first:?}");
+    assert!(first.failed >= 1, "{first:?}");
     assert_eq!(handled(&store).await.iter().map(|h| h.1).collect::<Vec<_>>(), [fine.id.0]);
     for _ in 0..20 {
         tokio::time::timeout(Duration::from_secs(10), d.drain()).await.expect("drain returns").unwrap();
