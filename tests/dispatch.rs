@@ -916,3 +916,105 @@ backend_test!(two_replicas_given_one_worker_id_are_two_workers, |store| async mo
     assert_ne!(one.worker_id(), two.worker_id());
     assert!(one.worker_id().starts_with("replica-") && two.worker_id().starts_with("replica-"));
 });
+
+// ---- retries ----------------------------------------------------------------------------
+
+#[inbox(subject = "lag", backoff = "10ms", backoff_max = "10ms")]
+async fn lag_slow(event: &Event, cx: &Context) -> Result<(), InboxError> {
+    note(cx.store(), "lag_slow", event, cx.attempt()).await?;
+    if cx.attempt() == 1 {
+        return Err(InboxError::retry("first try fails"));
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    Ok(())
+}
+
+#[inbox(subject = "lag", backoff = "10ms", backoff_max = "10ms")]
+async fn lag_quick(event: &Event, cx: &Context) -> Result<(), InboxError> {
+    note(cx.store(), "lag_quick", event, cx.attempt()).await?;
+    if cx.attempt() == 1 { Err(InboxError::retry("first try fails")) } else { Ok(()) }
+}
+
+async fn wait_for_runs(
+    store: &Store,
+    inbox: &str,
+    attempt: i32,
+    n: usize,
+    within: Duration,
+) -> Vec<(String, i64, i32, i64)> {
+    let deadline = Instant::now() + within;
+    loop {
+        let runs: Vec<_> = handled(store).await.into_iter().filter(|h| h.0 == inbox && h.2 == attempt).collect();
+        if runs.len() >= n || Instant::now() > deadline {
+            return runs;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// One inbox's slow retries delay no other inbox's: each has its own retry task.
+backend_test!(an_inboxs_retries_wait_behind_no_other_inboxs, |store| async move {
+    create_handled(&store).await;
+    let d = Dispatcher::builder(store.clone())
+        .registry(only("lag_"))
+        .poll_interval(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    d.register().await.unwrap();
+    let (stop, run) = start(d);
+    let mut tx = store.begin().await.unwrap();
+    tx.record_all((0..6).map(|n| NewEvent::new(Subject::new("lag", n), "ran", Actor::system()))).await.unwrap();
+    tx.commit().await.unwrap();
+    let retried = wait_for_runs(&store, "lag_quick", 2, 6, Duration::from_secs(10)).await;
+    assert_eq!(retried.len(), 6);
+    let first: std::collections::HashMap<i64, i64> =
+        handled(&store).await.into_iter().filter(|h| h.0 == "lag_quick" && h.2 == 1).map(|h| (h.1, h.3)).collect();
+    let worst = retried.iter().map(|h| h.3 - first[&h.1]).max().unwrap();
+    assert!(worst < 1_000_000, "a 10 ms-backoff retry waited {worst} µs (behind another inbox's slow retries?)");
+    wait_for_runs(&store, "lag_slow", 2, 6, Duration::from_secs(10)).await;
+    stop.send(()).unwrap();
+    run.await.unwrap().unwrap();
+});
+
+#[inbox(subject = "patient", backoff = "10ms", backoff_max = "10ms")]
+async fn patient_retry(event: &Event, cx: &Context) -> Result<(), InboxError> {
+    note(cx.store(), "patient_retry", event, cx.attempt()).await?;
+    if cx.attempt() == 1 {
+        return Err(InboxError::retry("first try fails"));
+    }
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    Ok(())
+}
+
+// Slow retries keep their leases (renewed while they run) and complete one by one:
+// with two workers and a lease shorter than the claim's total work, none runs twice
+// and none is dead-lettered as "crashed".
+backend_test!(slow_retries_are_not_mistaken_for_crashes, |store| async move {
+    create_handled(&store).await;
+    let build = |id: &str| {
+        Dispatcher::builder(store.clone())
+            .registry(only("patient_"))
+            .lease(Duration::from_millis(300))
+            .poll_interval(Duration::from_millis(20))
+            .worker_id(id)
+            .build()
+            .unwrap()
+    };
+    let (one, two) = (build("one"), build("two"));
+    one.register().await.unwrap();
+    let (stop_one, run_one) = start(one);
+    let (stop_two, run_two) = start(two);
+    let mut tx = store.begin().await.unwrap();
+    tx.record_all((0..20).map(|n| NewEvent::new(Subject::new("patient", n), "ran", Actor::system()))).await.unwrap();
+    tx.commit().await.unwrap();
+    let retried = wait_for_runs(&store, "patient_retry", 2, 20, Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // any duplicate would show up by now
+    stop_one.send(()).unwrap();
+    stop_two.send(()).unwrap();
+    run_one.await.unwrap().unwrap();
+    run_two.await.unwrap().unwrap();
+    assert_eq!(retried.len(), 20);
+    let runs = handled(&store).await;
+    assert_eq!(runs.len(), 40, "each event failed once and was retried once: {} runs", runs.len());
+    assert!(store.dead_letters(None).await.unwrap().is_empty(), "nothing dead-lettered as crashed");
+});

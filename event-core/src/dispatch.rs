@@ -12,8 +12,10 @@
 //!   concurrently, then moves the checkpoint past the batch (one `UPDATE`).
 //! - `herald_deliveries`: one row per delivery that failed, with its attempts, next
 //!   attempt time, last error and lease; dead letters are the rows marked `dead`.
-//!   Retries are claimed 100 at a time (`FOR UPDATE SKIP LOCKED` on PostgreSQL) and
-//!   completed in one transaction.
+//!   Each inbox has a retry task of its own that claims its due retries up to its
+//!   concurrency (`FOR UPDATE SKIP LOCKED` on PostgreSQL), runs them side by side with
+//!   their leases renewed, and completes each as soon as it is done: one inbox's slow
+//!   retries delay no other inbox's, and a slow retry is not mistaken for a crash.
 //!
 //! **Write cost per event**: zero rows for a successful delivery. Recording writes only
 //! the event; each inbox writes one checkpoint `UPDATE` per batch (up to
@@ -261,7 +263,6 @@ pub(crate) type Batch = Vec<(Position, Result<Event>)>;
 #[derive(Debug)]
 pub(crate) struct Claimed {
     pub(crate) id: i64,
-    pub(crate) inbox: String,
     pub(crate) event_id: EventId,
     /// The event, or why it cannot be read.
     pub(crate) event: Result<Event>,
@@ -657,11 +658,15 @@ impl Dispatcher {
                     }
                 }
             }
-            let pass = caught(self.pump_retries()).await?;
-            total.delivered += pass.delivered;
-            total.failed += pass.failed;
-            progressed |= pass.delivered + pass.failed > 0;
-            if !progressed && !pass.more {
+            let mut more = false;
+            for def in self.inner.registry.iter() {
+                let pass = caught(self.pump_retries(def)).await?;
+                total.delivered += pass.delivered;
+                total.failed += pass.failed;
+                progressed |= pass.delivered + pass.failed > 0;
+                more |= pass.more;
+            }
+            if !progressed && !more {
                 return Ok(total);
             }
         }
@@ -680,8 +685,14 @@ impl Dispatcher {
             let (me, stop) = (self.clone(), stop_rx.clone());
             tasks.push(tokio::spawn(async move { me.inbox_loop(def, stop).await }));
         }
-        let (me, stop) = (self.clone(), stop_rx.clone());
-        tasks.push(tokio::spawn(async move { me.retry_loop(stop).await }));
+        for def in self.inner.registry.iter() {
+            let (me, stop) = (self.clone(), stop_rx.clone());
+            tasks.push(tokio::spawn(async move { me.retry_loop(def, stop).await }));
+        }
+        if self.inner.dead_retention.is_some() {
+            let (me, stop) = (self.clone(), stop_rx.clone());
+            tasks.push(tokio::spawn(async move { me.prune_loop(stop).await }));
+        }
         let listener = self.inner.store.postgres_pool().cloned().map(|pool| {
             let store = self.inner.store.clone();
             tokio::spawn(listen(store, pool))
@@ -830,32 +841,39 @@ impl Dispatcher {
         }
     }
 
-    async fn retry_loop(&self, mut stop: tokio::sync::watch::Receiver<bool>) {
-        let mut last_prune: Option<tokio::time::Instant> = None;
+    /// Due retries of one inbox, claimed and run by a task of its own.
+    async fn retry_loop(&self, def: &'static InboxDef, mut stop: tokio::sync::watch::Receiver<bool>) {
         while !*stop.borrow() {
-            let more = match caught(self.pump_retries()).await {
+            let more = match caught(self.pump_retries(def)).await {
                 Ok(pass) => pass.more,
                 Err(e) => {
-                    tracing::warn!(error = %e, "herald: retry pass failed; will retry");
+                    tracing::warn!(inbox = def.name, error = %e, "herald: retry pass failed; will retry");
                     false
                 }
             };
-            if let Some(keep) = self.inner.dead_retention
-                && last_prune.is_none_or(|at| at.elapsed() > Duration::from_secs(60))
-            {
-                last_prune = Some(tokio::time::Instant::now());
-                if let Some(before) = retention_cutoff(now(), keep)
-                    && let Err(e) = self.inner.store.prune_dead(before).await
-                {
-                    tracing::warn!(error = %e, "herald: pruning dead letters failed");
-                }
-            }
             if more {
                 continue;
             }
             tokio::select! {
                 _ = stop.changed() => {}
                 _ = tokio::time::sleep(self.inner.poll_interval) => {}
+            }
+        }
+    }
+
+    /// Prunes dead letters past [`DispatcherBuilder::dead_retention`]: at start, then
+    /// every minute.
+    async fn prune_loop(&self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let Some(keep) = self.inner.dead_retention else { return };
+        while !*stop.borrow() {
+            if let Some(before) = retention_cutoff(now(), keep)
+                && let Err(e) = caught(self.inner.store.prune_dead(before)).await
+            {
+                tracing::warn!(error = %e, "herald: pruning dead letters failed");
+            }
+            tokio::select! {
+                _ = stop.changed() => {}
+                _ = tokio::time::sleep(Duration::from_secs(60)) => {}
             }
         }
     }
@@ -1094,44 +1112,68 @@ impl Dispatcher {
         (delivered, failures)
     }
 
-    /// One claim of due retries: run them, complete them in one transaction.
-    async fn pump_retries(&self) -> Result<Pass> {
+    /// One claim of `def`'s due retries, up to its concurrency: run side by side,
+    /// their leases renewed while they run, each completed as soon as it is done. An
+    /// inbox's retries wait for no other inbox's (each inbox has its own retry task),
+    /// and a slow retry neither holds back the others' completion nor loses its lease
+    /// (which would count as a crash and run it again elsewhere).
+    async fn pump_retries(&self, def: &'static InboxDef) -> Result<Pass> {
         let inner = &self.inner;
+        let store = &inner.store;
         let t = now();
-        // Deliveries of inboxes this program does not know are left alone (and reported by `status`).
-        let names: Vec<&str> = inner.registry.iter().map(|d| d.name).collect();
         let claimed =
-            inner.store.claim_retries(&inner.me, &names, t, t + chrono_of(inner.lease), inner.batch_size).await?;
-        let mut pass = Pass { more: claimed.len() == inner.batch_size, ..Pass::default() };
-        let (mut succeeded, mut failed) = (Vec::new(), Vec::new());
-        for c in claimed {
-            let Some(def) = inner.registry.get(&c.inbox) else { continue };
-            if c.expiries >= inner.max_lease_expiries {
-                let error = format!(
-                    "its worker stopped {} times (crashed or hung past the lease) before finishing",
-                    c.expiries
-                );
-                failed.push((
-                    c.id,
-                    Failure { event_id: c.event_id, attempts: c.attempts, next_at: now(), error, dead: true },
-                ));
-                pass.failed += 1;
-                continue;
+            store.claim_retries(&inner.me, &[def.name], t, t + chrono_of(inner.lease), inner.concurrency).await?;
+        let more = claimed.len() == inner.concurrency;
+        let ids: Vec<i64> = claimed.iter().map(|c| c.id).collect();
+        let jobs = claimed.into_iter().map(|c| (c.id, self.retry_one(def, c)));
+        let work = crate::concurrent::run_limited(jobs, inner.concurrency);
+        tokio::pin!(work);
+        let every = inner.lease / 3;
+        let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let outcomes = loop {
+            tokio::select! {
+                outcomes = &mut work => break outcomes,
+                _ = renew.tick() => {
+                    let t = now();
+                    if let Err(e) = store.renew_retries(&inner.me, &ids, t + chrono_of(inner.lease)).await {
+                        tracing::warn!(inbox = def.name, error = %e, "herald: renewing retry leases failed");
+                    }
+                }
             }
-            let (ok, mut failures) = self.deliver(def, vec![(c.event_id, c.event)], c.attempts, None).await;
-            pass.delivered += ok;
-            if ok == 1 || failures.is_empty() {
-                succeeded.push(c.id);
+        };
+        let mut pass = Pass { more, ..Pass::default() };
+        for (_, outcome) in outcomes {
+            match outcome {
+                Ok(Ok(true)) => pass.delivered += 1,
+                Ok(Ok(false)) => pass.failed += 1,
+                Ok(Err(e)) => return Err(e),
+                Err(panic) => return Err(Error::Panicked(panic)),
             }
-            if let Some(f) = failures.pop() {
-                pass.failed += 1;
-                failed.push((c.id, f));
-            }
-        }
-        if !succeeded.is_empty() || !failed.is_empty() {
-            inner.store.complete_retries(&inner.me, &succeeded, &failed, now()).await?;
         }
         Ok(pass)
+    }
+
+    /// Runs one claimed retry and completes it at once: `true` when it succeeded.
+    async fn retry_one(&self, def: &'static InboxDef, c: Claimed) -> Result<bool> {
+        let inner = &self.inner;
+        let failure = if c.expiries >= inner.max_lease_expiries {
+            let error =
+                format!("its worker stopped {} times (crashed or hung past the lease) before finishing", c.expiries);
+            Some(Failure { event_id: c.event_id, attempts: c.attempts, next_at: now(), error, dead: true })
+        } else {
+            let (_, mut failures) = self.deliver(def, vec![(c.event_id, c.event)], c.attempts, None).await;
+            failures.pop()
+        };
+        match failure {
+            None => {
+                inner.store.complete_retries(&inner.me, &[c.id], &[], now()).await?;
+                Ok(true)
+            }
+            Some(f) => {
+                inner.store.complete_retries(&inner.me, &[], &[(c.id, f)], now()).await?;
+                Ok(false)
+            }
+        }
     }
 }
 

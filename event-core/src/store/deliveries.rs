@@ -137,6 +137,11 @@ impl Store {
         on_backend!(self, claim_retries(me, inboxes, now, until, limit))
     }
 
+    /// Extends the leases of retries `me` claimed and still runs.
+    pub(crate) async fn renew_retries(&self, me: &str, ids: &[i64], until: DateTime<Utc>) -> Result<()> {
+        on_backend!(self, renew_retries(me, ids, until))
+    }
+
     pub(crate) async fn complete_retries(
         &self,
         me: &str,

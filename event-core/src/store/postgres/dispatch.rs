@@ -462,7 +462,6 @@ pub(crate) async fn claim_retries(
             };
             Ok(Claimed {
                 id: r.try_get("id")?,
-                inbox: r.try_get("inbox")?,
                 event_id: EventId(event_id),
                 event,
                 attempts: r.try_get::<i32, _>("attempts")? as u32,
@@ -470,6 +469,19 @@ pub(crate) async fn claim_retries(
             })
         })
         .collect()
+}
+
+pub(crate) async fn renew_retries(pool: &PgPool, me: &str, ids: &[i64], until: DateTime<Utc>) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("UPDATE herald_deliveries SET lease_until = $1 WHERE id = ANY($2) AND lease_owner = $3")
+        .bind(until)
+        .bind(ids)
+        .bind(me)
+        .execute(pool)
+        .await?;
+    Ok(())
 }
 
 pub(crate) async fn complete_retries(

@@ -317,7 +317,6 @@ pub(crate) async fn claim_retries(
         };
         claimed.push(Claimed {
             id: r.try_get("id")?,
-            inbox: r.try_get("inbox")?,
             event_id: EventId(event_id),
             event,
             attempts: r.try_get::<i64, _>("attempts")? as u32,
@@ -325,6 +324,22 @@ pub(crate) async fn claim_retries(
         });
     }
     Ok(claimed)
+}
+
+pub(crate) async fn renew_retries(pool: &SqlitePool, me: &str, ids: &[i64], until: DateTime<Utc>) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE herald_deliveries SET lease_until = ?1 WHERE lease_owner = ?2 \
+         AND id IN (SELECT value FROM json_each(?3))",
+    )
+    .bind(encode_time(until))
+    .bind(me)
+    .bind(format!("[{}]", ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",")))
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 pub(crate) async fn complete_retries(
