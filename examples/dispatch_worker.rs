@@ -43,6 +43,42 @@ async fn compete_b(event: &Event, cx: &Context) -> Result<(), InboxError> {
     seen(cx, "compete_b", event).await
 }
 
+/// Four inboxes for the chaos test: each run is counted and its time noted, so the
+/// test can tell missing, repeated and late deliveries apart.
+#[inbox(subject = "chaos")]
+async fn chaos_a(event: &Event, cx: &Context) -> Result<(), InboxError> {
+    tick(cx, "chaos_a", event).await
+}
+
+#[inbox(subject = "chaos")]
+async fn chaos_b(event: &Event, cx: &Context) -> Result<(), InboxError> {
+    tick(cx, "chaos_b", event).await
+}
+
+#[inbox(subject = "chaos")]
+async fn chaos_c(event: &Event, cx: &Context) -> Result<(), InboxError> {
+    tick(cx, "chaos_c", event).await
+}
+
+#[inbox(subject = "chaos")]
+async fn chaos_d(event: &Event, cx: &Context) -> Result<(), InboxError> {
+    tick(cx, "chaos_d", event).await
+}
+
+async fn tick(cx: &Context, inbox: &str, event: &Event) -> Result<(), InboxError> {
+    let pool = cx.store().postgres_pool().ok_or_else(|| InboxError::give_up("PostgreSQL only"))?;
+    sqlx::query(
+        "WITH counted AS (INSERT INTO seen (inbox, event_id, runs) VALUES ($1, $2, 1) \
+         ON CONFLICT (inbox, event_id) DO UPDATE SET runs = seen.runs + 1 RETURNING 1) \
+         INSERT INTO ticks (inbox) SELECT $1 FROM counted",
+    )
+    .bind(inbox)
+    .bind(event.id.0)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 async fn note(cx: &Context, phase: &str, event: &Event) -> Result<(), InboxError> {
     let pool = cx.store().postgres_pool().ok_or_else(|| InboxError::give_up("PostgreSQL only"))?;
     sqlx::query("INSERT INTO runs (inbox, phase, event_id) VALUES ($1, $2, $3)")
