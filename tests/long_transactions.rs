@@ -162,3 +162,59 @@ async fn a_database_restored_into_another_cluster_is_refused_until_fixed_then_lo
     got.sort_unstable();
     assert_eq!(got, all, "every event exactly once across the move");
 }
+
+// ---- one snapshot per wake-up, not one per inbox -----------------------------------
+
+macro_rules! many_inboxes {
+    ($($name:ident),*) => {$(
+        #[inbox(subject = "many")]
+        async fn $name(event: &Event, cx: &Context) -> Result<(), InboxError> {
+            Ok(note(cx.store(), stringify!($name), event, cx.attempt()).await?)
+        }
+    )*};
+}
+many_inboxes!(many_0, many_1, many_2, many_3, many_4, many_5, many_6, many_7);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn inboxes_share_one_snapshot_per_wake_up_postgres() {
+    let Some(cluster) = Cluster::start() else { return };
+    let store = Store::connect(&cluster.url("test")).await.unwrap();
+    store.migrate().await.unwrap();
+    create_handled(&store).await;
+    let pool = store.postgres_pool().unwrap().clone();
+    sqlx::query("CREATE EXTENSION pg_stat_statements").execute(&pool).await.unwrap();
+    let registry = Registry::collect().unwrap().retain(|d| d.subject == Some("many"));
+    assert_eq!(registry.len(), 8);
+    let d =
+        Dispatcher::builder(store.clone()).registry(registry).poll_interval(Duration::from_secs(60)).build().unwrap();
+    d.register().await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(d.run(async move {
+        let _ = stopped.await;
+    }));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sqlx::query("SELECT pg_stat_statements_reset()").execute(&pool).await.unwrap();
+    let wake_ups = 20;
+    for n in 0..wake_ups {
+        let mut tx = store.begin().await.unwrap();
+        tx.record(Subject::new("many", n), "moved", Actor::system()).await.unwrap();
+        tx.commit().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while handled(&store).await.len() < 8 * wake_ups as usize && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.send(()).unwrap();
+    run.await.unwrap().unwrap();
+    assert_eq!(handled(&store).await.len(), 8 * wake_ups as usize);
+    let snapshots: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(SUM(calls), 0)::bigint FROM pg_stat_statements \
+         WHERE query LIKE 'SELECT%pg_current_snapshot()%' AND query NOT LIKE '%pg_stat_statements%'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    eprintln!("{snapshots} snapshot queries for {wake_ups} wake-ups of 8 inboxes");
+    assert!(snapshots <= 2 * wake_ups, "{snapshots} snapshot queries for {wake_ups} wake-ups of 8 inboxes");
+}

@@ -87,7 +87,7 @@ impl Cluster {
 
     fn pg_ctl_start(&self) {
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_prepared_transactions=10 -c fsync=off",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_prepared_transactions=10 -c fsync=off -c shared_preload_libraries=pg_stat_statements",
             self.port,
             self.dir.display()
         );

@@ -40,6 +40,27 @@ impl Store {
         }
     }
 
+    /// What is committed, for an inbox task woken at wake-up count `woke`: the view
+    /// another task of this store took after that wake-up (within the last few
+    /// milliseconds), or a new one. One snapshot query per wake-up per process, not
+    /// one per inbox.
+    pub(crate) async fn shared_view(&self, woke: u64) -> Result<View> {
+        const FRESH: std::time::Duration = std::time::Duration::from_millis(20);
+        // Held across the query: the tasks one wake-up started wait for its answer.
+        let mut cached = self.views.lock().await;
+        if let Some(shared) = cached.as_ref()
+            && shared.after >= woke
+            && shared.taken.elapsed() < FRESH
+        {
+            return Ok(shared.view.clone());
+        }
+        let after = self.wake.count();
+        let taken = tokio::time::Instant::now();
+        let view = self.view().await?;
+        *cached = Some(super::SharedView { after, taken, view: view.clone() });
+        Ok(view)
+    }
+
     /// What is committed now: one query.
     pub(crate) async fn view(&self) -> Result<View> {
         on_backend!(self, view())

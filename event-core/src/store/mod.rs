@@ -63,6 +63,19 @@ pub struct Store {
     column_types: Arc<Mutex<HashMap<StorageKey, ColumnTypes>>>,
     /// The longest chain of caused events a record may extend.
     causation_limit: u32,
+    /// The last view of what is committed, shared by this store's inbox tasks.
+    /// Held while a view is taken, so tasks woken together wait for one query.
+    views: Arc<tokio::sync::Mutex<Option<SharedView>>>,
+}
+
+/// A view taken once for every inbox task a wake-up started.
+#[derive(Debug, Clone)]
+pub(crate) struct SharedView {
+    /// The wake-up count read before the view was taken: every commit counted up to
+    /// it is visible in the view.
+    pub(crate) after: u64,
+    pub(crate) taken: tokio::time::Instant,
+    pub(crate) view: crate::dispatch::View,
 }
 
 /// A state column: `(table, column, key)`.
@@ -145,6 +158,7 @@ impl Store {
             wake: wake::Wake::default(),
             column_types: Arc::default(),
             causation_limit: crate::inbox::DEFAULT_MAX_CAUSATION_DEPTH,
+            views: Arc::default(),
         }
     }
 

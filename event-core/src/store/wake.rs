@@ -50,6 +50,11 @@ impl Wake {
         self.local.subscribe()
     }
 
+    /// How many wake-ups there were so far.
+    pub(crate) fn count(&self) -> u64 {
+        *self.local.borrow()
+    }
+
     /// Wakes this process's dispatchers.
     pub(crate) fn poke(&self) {
         self.local.send_modify(|n| *n = n.wrapping_add(1));
