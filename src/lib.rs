@@ -170,7 +170,8 @@ pub use event_macros::Action;
 /// | `subject = "issue"` | the subject type it receives | every subject |
 /// | `actions = ["assigned", "commented"]` | the actions it receives (snake_case, non-empty, no duplicates) | every action |
 /// | `filter = path::to::fn` | a `fn(&Event) -> bool`; events it refuses are skipped | none |
-/// | `name = "emails"` | the stable name deliveries are stored under; survives renames and moves | `module::path::fn_name` |
+/// | `name = "emails"` | the stable name deliveries are stored under | `module::path::fn_name` |
+/// | `renamed_from = "old::name"` | the inbox's former name: a dispatcher that finds no row for the new name takes over the old one's checkpoint, retries and dead letters | none; a default name whose module moved (`a::mail::f` → `a::notify::f`) is taken over by its function name |
 /// | `max_attempts = 5` | attempts (at least 1) before a delivery is dead | [`InboxDef::DEFAULT_MAX_ATTEMPTS`] |
 /// | `backoff = "500ms"` | the first retry delay, doubled per retry (units `ms`, `s`, `m`, `h`; `"1m30s"`) | [`InboxDef::DEFAULT_BACKOFF`] |
 /// | `backoff_max = "10m"` | the longest retry delay, at least `backoff` | [`InboxDef::DEFAULT_BACKOFF_MAX`] |

@@ -1018,3 +1018,88 @@ backend_test!(slow_retries_are_not_mistaken_for_crashes, |store| async move {
     assert_eq!(runs.len(), 40, "each event failed once and was retried once: {} runs", runs.len());
     assert!(store.dead_letters(None).await.unwrap().is_empty(), "nothing dead-lettered as crashed");
 });
+
+// ---- identity: moves and renames --------------------------------------------------------
+
+fn moving_handler<'a>(event: &'a Event, cx: &'a Context) -> herald::inbox::HandlerFuture<'a> {
+    Box::pin(async move {
+        note(cx.store(), cx.inbox(), event, cx.attempt()).await?;
+        if event.meta("fail").is_some() { Err(InboxError::retry("not now")) } else { Ok(()) }
+    })
+}
+
+const fn moving(name: &'static str, subject: &'static str) -> herald::InboxDef {
+    herald::InboxDef {
+        name,
+        renamed_from: None,
+        subject: Some(subject),
+        actions: &[],
+        filter: None,
+        max_attempts: 5,
+        backoff: Duration::from_secs(3600),
+        backoff_max: Duration::from_secs(3600),
+        timeout: Duration::from_secs(30),
+        start_from: herald::StartFrom::Now,
+        handler: moving_handler,
+        file: file!(),
+        line: line!(),
+    }
+}
+
+/// The handler as it was: in module `app::mail`.
+static BEFORE_THE_MOVE: herald::InboxDef = moving("app::mail::mover", "moving");
+/// The same handler after its module moved: `app::notify`.
+static AFTER_THE_MOVE: herald::InboxDef = moving("app::notify::mover", "moving");
+
+/// Records one event of `subject`; `fail` makes the moving handler fail it.
+async fn record_moving(store: &Store, subject: &str, n: i64, fail: bool) -> Event {
+    let mut tx = store.begin().await.unwrap();
+    let meta = if fail { json!({ "fail": true }) } else { json!({}) };
+    let e = tx.record(Subject::new(subject, n), "went", Actor::system()).metadata(meta).await.unwrap();
+    tx.commit().await.unwrap();
+    e
+}
+
+backend_test!(a_handler_whose_module_moved_keeps_its_inbox, |store| async move {
+    create_handled(&store).await;
+    let old =
+        Dispatcher::builder(store.clone()).registry(Registry::from_defs([&BEFORE_THE_MOVE]).unwrap()).build().unwrap();
+    old.drain().await.unwrap();
+    record_moving(&store, "moving", 1, false).await;
+    let failing = record_moving(&store, "moving", 2, true).await;
+    assert_eq!(old.drain().await.unwrap().failed, 1);
+    // Deployed with the module moved; an event recorded while no worker ran.
+    let during = record_moving(&store, "moving", 3, false).await;
+    let new =
+        Dispatcher::builder(store.clone()).registry(Registry::from_defs([&AFTER_THE_MOVE]).unwrap()).build().unwrap();
+    assert_eq!(new.drain().await.unwrap().delivered, 1, "the event recorded during the move");
+    let runs: Vec<(String, i64)> = handled(&store).await.into_iter().map(|h| (h.0, h.1)).collect();
+    assert_eq!(runs.last(), Some(&("app::notify::mover".to_owned(), during.id.0)));
+    let status = new.status().await.unwrap();
+    assert_eq!(status.len(), 1, "one inbox, under its new name: {status:?}");
+    assert_eq!((status[0].name.as_str(), status[0].retrying), ("app::notify::mover", 1), "its retry came along");
+    let _ = failing;
+});
+
+#[inbox(subject = "renaming", name = "emails_v2", renamed_from = "emails_v1")]
+async fn renamed_emails(event: &Event, cx: &Context) -> Result<(), InboxError> {
+    Ok(note(cx.store(), cx.inbox(), event, cx.attempt()).await?)
+}
+
+static EMAILS_V1: herald::InboxDef = moving("emails_v1", "renaming");
+
+backend_test!(an_explicit_rename_keeps_the_inbox, |store| async move {
+    create_handled(&store).await;
+    let v1 = Dispatcher::builder(store.clone()).registry(Registry::from_defs([&EMAILS_V1]).unwrap()).build().unwrap();
+    v1.drain().await.unwrap();
+    record_moving(&store, "renaming", 1, false).await;
+    assert_eq!(v1.drain().await.unwrap().delivered, 1);
+    let during = record_moving(&store, "renaming", 2, false).await;
+    let v2_only = Registry::collect().unwrap().retain(|d| d.name == "emails_v2");
+    let v2 = Dispatcher::builder(store.clone()).registry(v2_only).build().unwrap();
+    assert_eq!(v2.drain().await.unwrap().delivered, 1, "the event recorded during the rename");
+    let runs: Vec<(String, i64)> = handled(&store).await.into_iter().map(|h| (h.0, h.1)).collect();
+    assert_eq!(runs.last(), Some(&("emails_v2".to_owned(), during.id.0)));
+    let names: Vec<String> = v2.status().await.unwrap().into_iter().map(|s| s.name).collect();
+    assert_eq!(names, ["emails_v2"]);
+});

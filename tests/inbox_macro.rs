@@ -159,6 +159,7 @@ fn noop<'a>(_: &'a Event, _: &'a Context) -> HandlerFuture<'a> {
 /// Another inbox claiming the name the macro gave `emails`.
 static ELSEWHERE: InboxDef = InboxDef {
     name: "inbox_macro::emails",
+    renamed_from: None,
     subject: None,
     actions: &[],
     filter: None,

@@ -791,6 +791,7 @@ impl Dispatcher {
                 let store = &self.inner.store;
                 store.check_transaction_ids().await?;
                 let view = store.view().await?;
+                self.adopt_moved_and_renamed().await?;
                 for def in self.inner.registry.iter() {
                     tracing::info!(
                         inbox = def.name,
@@ -817,6 +818,48 @@ impl Dispatcher {
             })
             .await
             .map(|_| ())
+    }
+
+    /// Inbox identity across moves and renames. A registered inbox with no row of its
+    /// own takes over the row (checkpoint, retries, dead letters) of
+    /// - its `renamed_from`, if that is not registered itself; else
+    /// - the one unregistered `…::same_fn_name` (a default name whose module moved:
+    ///   `app::mail::notify` → `app::notify::notify`), if there is exactly one.
+    ///
+    /// Without this a moved handler became a new inbox starting "now": the events in
+    /// between were never delivered to it, and its old backlog was stranded.
+    async fn adopt_moved_and_renamed(&self) -> Result<()> {
+        let store = &self.inner.store;
+        let registry = &self.inner.registry;
+        let rows: Vec<String> = store.inbox_rows().await?.into_iter().map(|(name, ..)| name).collect();
+        let orphan = |name: &str| rows.iter().any(|r| r == name) && registry.get(name).is_none();
+        for def in registry.iter() {
+            if rows.iter().any(|r| r == def.name) {
+                continue;
+            }
+            let former = match def.renamed_from {
+                Some(old) => orphan(old).then(|| old.to_owned()),
+                None => {
+                    let Some((_, fn_name)) = def.name.rsplit_once("::") else { continue };
+                    let mut moved = rows.iter().filter(|r| {
+                        r.rsplit_once("::").is_some_and(|(_, f)| f == fn_name) && registry.get(r.as_str()).is_none()
+                    });
+                    match (moved.next(), moved.next()) {
+                        (Some(only), None) => Some(only.clone()),
+                        _ => None,
+                    }
+                }
+            };
+            let Some(former) = former else { continue };
+            if store.rename_inbox(&former, def.name).await? {
+                tracing::warn!(
+                    inbox = def.name,
+                    former = %former,
+                    "herald: inbox takes over the checkpoint and deliveries of its former name (moved or renamed)"
+                );
+            }
+        }
+        Ok(())
     }
 
     async fn inbox_loop(&self, def: &'static InboxDef, mut stop: tokio::sync::watch::Receiver<bool>) {
@@ -1292,6 +1335,7 @@ mod tests {
     fn retry_delays_past_the_year_9999_are_parked_there() {
         let def = InboxDef {
             name: "t",
+            renamed_from: None,
             subject: None,
             actions: &[],
             filter: None,

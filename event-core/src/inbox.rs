@@ -46,6 +46,10 @@ pub struct InboxDef {
     /// The stable name deliveries are stored under: `module::path::fn_name`, or the
     /// explicit `name = "…"`, which survives renames and moves.
     pub name: &'static str,
+    /// The inbox's former name (`#[inbox(renamed_from = "…")]`): at start, a
+    /// dispatcher that finds no row under `name` takes over the row (checkpoint,
+    /// retries, dead letters) of this one.
+    pub renamed_from: Option<&'static str>,
     /// The subject type it receives, or `None` for every subject.
     pub subject: Option<&'static str>,
     /// The actions it receives; empty means every action.

@@ -1074,7 +1074,7 @@ fn chain(e: &dyn std::error::Error) -> String {
 /// # fn noop<'a>(_: &'a Event, _: &'a Context) -> HandlerFuture<'a> { Box::pin(async { Ok(()) }) }
 /// # const fn def(name: &'static str, subject: Option<&'static str>, actions: &'static [&'static str]) -> InboxDef {
 /// #     let (backoff, backoff_max) = (std::time::Duration::from_secs(1), std::time::Duration::from_secs(60));
-/// #     InboxDef { name, subject, actions, filter: None, max_attempts: 10, backoff, backoff_max, timeout: backoff,
+/// #     InboxDef { name, renamed_from: None, subject, actions, filter: None, max_attempts: 10, backoff, backoff_max, timeout: backoff,
 /// #                start_from: StartFrom::Now, handler: noop, file: file!(), line: line!() }
 /// # }
 /// # static EMAILS: InboxDef = def("app::emails", Some("issue"), &["assigned", "commented"]);

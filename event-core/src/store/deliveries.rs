@@ -66,6 +66,12 @@ impl Store {
         on_backend!(self, view())
     }
 
+    /// Moves inbox `from`'s row and deliveries to `to`, unless `to` has a row; `true`
+    /// if it did.
+    pub(crate) async fn rename_inbox(&self, from: &str, to: &str) -> Result<bool> {
+        on_backend!(self, rename_inbox(from, to))
+    }
+
     pub(crate) async fn sync_inbox(&self, name: &str, start: &Mark, now: DateTime<Utc>) -> Result<()> {
         on_backend!(self, sync_inbox(name, start, now))
     }

@@ -15,6 +15,7 @@ pub(crate) struct Options {
     pub(crate) subject: Option<LitStr>,
     pub(crate) actions: Option<ActionList>,
     pub(crate) name: Option<LitStr>,
+    pub(crate) renamed_from: Option<LitStr>,
     pub(crate) filter: Option<Path>,
     pub(crate) max_attempts: Option<MaxAttempts>,
     pub(crate) backoff: Option<DurationValue>,
@@ -50,10 +51,11 @@ pub(crate) enum StartFrom {
     Beginning,
 }
 
-const OPTIONS: [&str; 10] = [
+const OPTIONS: [&str; 11] = [
     "subject",
     "actions",
     "name",
+    "renamed_from",
     "filter",
     "max_attempts",
     "backoff",
@@ -68,6 +70,7 @@ pub(crate) fn options(args: TokenStream, cx: &mut Errors) -> Options {
     let mut subject = Once::new("inbox", "subject");
     let mut actions = Once::new("inbox", "actions");
     let mut name = Once::new("inbox", "name");
+    let mut renamed_from = Once::new("inbox", "renamed_from");
     let mut filter = Once::new("inbox", "filter");
     let mut max_attempts = Once::new("inbox", "max_attempts");
     let mut backoff = Once::new("inbox", "backoff");
@@ -92,6 +95,10 @@ pub(crate) fn options(args: TokenStream, cx: &mut Errors) -> Options {
             } else if key.is_ident("name") {
                 if let Some(value) = cx.ok(string_value(&meta, "name")) {
                     name.set(cx, key, value);
+                }
+            } else if key.is_ident("renamed_from") {
+                if let Some(value) = cx.ok(string_value(&meta, "renamed_from")) {
+                    renamed_from.set(cx, key, value);
                 }
             } else if key.is_ident("filter") {
                 if let Some(value) = cx.ok(fn_path(&meta)) {
@@ -139,6 +146,7 @@ pub(crate) fn options(args: TokenStream, cx: &mut Errors) -> Options {
         subject: subject.into_inner(),
         actions: actions.into_inner(),
         name: name.into_inner(),
+        renamed_from: renamed_from.into_inner(),
         filter: filter.into_inner(),
         max_attempts: max_attempts.into_inner(),
         backoff: backoff.into_inner(),

@@ -42,6 +42,7 @@ pub(crate) fn expand(inbox: &Inbox<'_>) -> TokenStream {
     let none = quote!(::core::option::Option::None);
     let subject = options.subject.as_ref().map_or_else(|| none.clone(), |lit| some(quote!(#lit)));
     let actions = options.actions.iter().flat_map(|a| &a.names);
+    let renamed_from = options.renamed_from.as_ref().map_or_else(|| none.clone(), |lit| some(quote!(#lit)));
     // Spanned at the user's path: a filter of the wrong type is reported there.
     let filter = options
         .filter
@@ -74,6 +75,7 @@ pub(crate) fn expand(inbox: &Inbox<'_>) -> TokenStream {
         #krate::__private::inventory::submit! {
             #module::InboxDef {
                 name: #name,
+                renamed_from: #renamed_from,
                 subject: #subject,
                 actions: &[#(#actions),*],
                 filter: #filter,

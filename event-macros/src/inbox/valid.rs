@@ -169,6 +169,14 @@ fn check_options(inbox: &Inbox<'_>, cx: &mut Errors) {
         );
     }
 
+    if let Some(old) = &options.renamed_from {
+        if old.value().trim().is_empty() {
+            cx.spanned(old, "renamed_from must name the inbox's former name, e.g. renamed_from = \"app::emails\"");
+        } else if options.name.as_ref().is_some_and(|name| name.value() == old.value()) {
+            cx.spanned(old, format!("renamed_from = \"{}\" is the inbox's own name; remove it", old.value()));
+        }
+    }
+
     if let Some(actions) = &options.actions {
         if actions.expr.elems.is_empty() {
             cx.push(syn::Error::new(

@@ -53,6 +53,26 @@ pub(crate) async fn check_transaction_ids(pool: &PgPool) -> Result<()> {
     Ok(())
 }
 
+pub(crate) async fn rename_inbox(pool: &PgPool, from: &str, to: &str) -> Result<bool> {
+    let mut tx = pool.begin().await?;
+    let moved = sqlx::query(
+        "UPDATE herald_inboxes SET name = $2 WHERE name = $1 AND NOT EXISTS (SELECT 1 FROM herald_inboxes WHERE name = $2)",
+    )
+    .bind(from)
+    .bind(to)
+    .execute(&mut *tx)
+    .await?;
+    if moved.rows_affected() == 1 {
+        sqlx::query("UPDATE herald_deliveries SET inbox = $2 WHERE inbox = $1")
+            .bind(from)
+            .bind(to)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(moved.rows_affected() == 1)
+}
+
 pub(crate) async fn sync_inbox(pool: &PgPool, name: &str, start: &Mark, now: DateTime<Utc>) -> Result<()> {
     sqlx::query(
         "INSERT INTO herald_inboxes (name, checkpoint_tx, checkpoint_id, snap_from, created_at, updated_at) \

@@ -19,6 +19,26 @@ pub(crate) async fn view(pool: &SqlitePool) -> Result<View> {
     Ok(View::Sqlite(max.unwrap_or(0)))
 }
 
+pub(crate) async fn rename_inbox(pool: &SqlitePool, from: &str, to: &str) -> Result<bool> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let moved = sqlx::query(
+        "UPDATE herald_inboxes SET name = ?2 WHERE name = ?1 AND NOT EXISTS (SELECT 1 FROM herald_inboxes WHERE name = ?2)",
+    )
+    .bind(from)
+    .bind(to)
+    .execute(&mut *tx)
+    .await?;
+    if moved.rows_affected() == 1 {
+        sqlx::query("UPDATE herald_deliveries SET inbox = ?2 WHERE inbox = ?1")
+            .bind(from)
+            .bind(to)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(moved.rows_affected() == 1)
+}
+
 /// Every committed event is at or below the newest id here: `start` alone skips history.
 pub(crate) async fn sync_inbox(pool: &SqlitePool, name: &str, start: &Mark, now: DateTime<Utc>) -> Result<()> {
     let start = start.at;
