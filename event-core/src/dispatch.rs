@@ -60,7 +60,12 @@
 //! a time, and counts expiries at the same checkpoint; after
 //! [`DispatcherBuilder::max_lease_expiries`] the event that keeps killing workers is
 //! dead-lettered, so one poison event cannot loop forever. Attempts are only counted
-//! when a handler fails, never when it is claimed.
+//! when a handler fails, never when it is claimed. Leases are short (4 s by default)
+//! and renewed while handlers run, so a killed worker's inbox is taken over within
+//! seconds; they are timed by the database's clock and **fenced**: each acquisition
+//! bumps an epoch that renewals and checkpoint writes must name, renewal never
+//! acquires, so a worker that stalled past its lease can neither take it back nor move
+//! the checkpoint backwards. Worker ids always get a per-run suffix.
 //!
 //! **Poison events and panics.** Each event of a batch is decoded on its own: one
 //! that cannot be read (stored by raw SQL or an older version: Herald refuses at
