@@ -1123,30 +1123,21 @@ impl Dispatcher {
             })
         });
         let work = crate::concurrent::run_limited(jobs, inner.concurrency);
-        tokio::pin!(work);
-        // `interval_at`, not `interval` + a first `tick()`: that first tick goes through
-        // tokio's millisecond timer wheel and cost ~1 ms of latency per batch.
-        let every = inner.lease / 3;
-        let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        let outcomes = loop {
-            tokio::select! {
-                outcomes = &mut work => break outcomes,
-                _ = renew.tick(), if epoch.is_some() => {
-                    // Renewal never acquires: a worker that lost its lease (it stalled past
-                    // it) must not take it back and then write a stale checkpoint.
-                    let epoch = epoch.unwrap_or_default();
-                    match inner.store.renew_lease(def.name, &inner.me, epoch, inner.lease).await {
-                        Ok(true) => {}
-                        Ok(false) => tracing::warn!(
-                            inbox = def.name,
-                            "herald: lease lost while delivering (this worker stalled past it); its new owner \
-                             makes the batch again and this worker's result is discarded"
-                        ),
-                        Err(e) => tracing::warn!(inbox = def.name, error = %e, "herald: renewing a lease failed"),
-                    }
-                }
+        let outcomes = while_renewing(inner.lease, work, || async {
+            // Renewal never acquires: a worker that lost its lease (it stalled past it)
+            // must not take it back and then write a stale checkpoint.
+            let Some(epoch) = epoch else { return };
+            match inner.store.renew_lease(def.name, &inner.me, epoch, inner.lease).await {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!(
+                    inbox = def.name,
+                    "herald: lease lost while delivering (this worker stalled past it); its new owner \
+                     makes the batch again and this worker's result is discarded"
+                ),
+                Err(e) => tracing::warn!(inbox = def.name, error = %e, "herald: renewing a lease failed"),
             }
-        };
+        })
+        .await;
         let mut delivered = 0;
         for (id, outcome) in outcomes {
             let error = match outcome {
@@ -1179,20 +1170,13 @@ impl Dispatcher {
         let ids: Vec<i64> = claimed.iter().map(|c| c.id).collect();
         let jobs = claimed.into_iter().map(|c| (c.id, self.retry_one(def, c)));
         let work = crate::concurrent::run_limited(jobs, inner.concurrency);
-        tokio::pin!(work);
-        let every = inner.lease / 3;
-        let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        let outcomes = loop {
-            tokio::select! {
-                outcomes = &mut work => break outcomes,
-                _ = renew.tick() => {
-                    let t = now();
-                    if let Err(e) = store.renew_retries(&inner.me, &ids, t + chrono_of(inner.lease)).await {
-                        tracing::warn!(inbox = def.name, error = %e, "herald: renewing retry leases failed");
-                    }
-                }
+        let outcomes = while_renewing(inner.lease, work, || async {
+            let until = now() + chrono_of(inner.lease);
+            if let Err(e) = store.renew_retries(&inner.me, &ids, until).await {
+                tracing::warn!(inbox = def.name, error = %e, "herald: renewing retry leases failed");
             }
-        };
+        })
+        .await;
         let mut pass = Pass { more, ..Pass::default() };
         for (_, outcome) in outcomes {
             match outcome {
@@ -1246,6 +1230,25 @@ fn failure(def: &InboxDef, event_id: EventId, attempts: u32, error: InboxError) 
 fn retention_cutoff(now: DateTime<Utc>, keep: Duration) -> Option<DateTime<Utc>> {
     let cutoff = chrono::Duration::from_std(keep).ok().and_then(|keep| now.checked_sub_signed(keep))?;
     (cutoff > crate::model::min_time()).then_some(cutoff)
+}
+
+/// Drives `work` to its end, calling `renew` every third of `lease` meanwhile.
+async fn while_renewing<T, R: Future<Output = ()>>(
+    lease: Duration,
+    work: impl Future<Output = T>,
+    mut renew: impl FnMut() -> R,
+) -> T {
+    tokio::pin!(work);
+    // `interval_at`, not `interval` + a first `tick()`: that first tick goes through
+    // tokio's millisecond timer wheel and cost ~1 ms of latency per batch.
+    let every = lease / 3;
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = tick.tick() => renew().await,
+        }
+    }
 }
 
 /// Runs a pass of the dispatcher's own code, turning a panic into
