@@ -397,7 +397,8 @@ impl DispatcherBuilder {
         self
     }
 
-    /// Events per inbox batch, and retries per claim (default 100, at most [`MAX_BATCH_SIZE`]).
+    /// Events per inbox batch (default 100, at most [`MAX_BATCH_SIZE`]). Retries are
+    /// claimed per inbox up to its [`concurrency`](Self::concurrency).
     pub fn batch_size(mut self, n: usize) -> Self {
         self.batch_size = n;
         self
@@ -586,14 +587,14 @@ impl Known {
 /// not never either: a stale stored position makes every later read start further
 /// back (and a worker taking over re-reads from there). So: once 1,000 transactions
 /// (PostgreSQL) or events (SQLite) behind, or after 5 minutes.
-fn persist_due(known: &Known, seen: &Mark) -> bool {
+fn persist_due(stored: &Mark, written_ago: Duration, seen: &Mark) -> bool {
     const BEHIND: u64 = 1_000;
     const EVERY: Duration = Duration::from_secs(300);
-    let behind = match (known.checkpoint.from.as_deref(), seen.from.as_deref()) {
+    let behind = match (stored.from.as_deref(), seen.from.as_deref()) {
         (Some(stored), Some(seen)) => snapshot_xmax(seen).saturating_sub(snapshot_xmax(stored)),
-        _ => seen.at.id.saturating_sub(known.checkpoint.at.id).unsigned_abs(),
+        _ => seen.at.id.saturating_sub(stored.at.id).unsigned_abs(),
     };
-    behind >= BEHIND || known.written.elapsed() >= EVERY
+    behind >= BEHIND || written_ago >= EVERY
 }
 
 /// The `xmax` of a snapshot's text form (`xmin:xmax:xip,…`); 0 if unreadable.
@@ -947,7 +948,7 @@ impl Dispatcher {
             Some(k @ Known { lease_until: None, .. }) => {
                 let limit = self.batch_limit(def.name)?;
                 let passed = k.seen.after(view, None, false);
-                let write = persist_due(k, &passed).then_some(&passed);
+                let write = persist_due(&k.checkpoint, k.written.elapsed(), &passed).then_some(&passed);
                 let relet =
                     store.relet_and_read(def, &inner.me, &k.checkpoint, &k.seen, write, t, inner.lease, view, limit);
                 match relet.await? {
@@ -1337,6 +1338,18 @@ mod tests {
         assert_eq!(retention_cutoff(t, Duration::MAX), None);
         assert_eq!(retention_cutoff(t, Duration::from_secs(10_000 * 366 * 86_400)), None);
         assert_eq!(retention_cutoff(t, Duration::from_secs(60)), Some(t - chrono::Duration::seconds(60)));
+    }
+
+    #[test]
+    fn an_idle_position_is_written_when_far_behind_or_old() {
+        let mark = |xmax: u64| Mark { from: Some(Arc::from(format!("{xmax}:{xmax}:"))), ..Mark::default() };
+        let fresh = Duration::from_secs(1);
+        assert!(!persist_due(&mark(1_000), fresh, &mark(1_999)), "999 transactions behind: kept in memory");
+        assert!(persist_due(&mark(1_000), fresh, &mark(2_000)), "1,000 behind: written");
+        let at = |id| Mark { at: Position { tx: 0, id }, ..Mark::default() };
+        assert!(!persist_due(&at(0), fresh, &at(999)), "SQLite: 999 events behind");
+        assert!(persist_due(&at(0), fresh, &at(1_000)));
+        assert!(persist_due(&mark(1_000), Duration::from_secs(300), &mark(1_001)), "one behind, 5 minutes old");
     }
 
     #[test]

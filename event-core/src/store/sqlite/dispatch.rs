@@ -252,9 +252,8 @@ pub(crate) async fn advance(
                         lease_until = ?, updated_at = ? WHERE name = ? AND lease_owner = ? AND lease_epoch = ?";
     let to = to.at;
     let renew = renew.map(|lease| lease_end(now, lease));
-    if failures.is_empty() {
-        // One statement: nothing else to keep atomic with it.
-        let moved = sqlx::query(MOVE)
+    let moving = || {
+        sqlx::query(MOVE)
             .bind(to.tx)
             .bind(to.id)
             .bind(renew.as_ref().map(|_| me))
@@ -263,22 +262,13 @@ pub(crate) async fn advance(
             .bind(name)
             .bind(me)
             .bind(epoch)
-            .execute(pool)
-            .await?;
-        return Ok(moved.rows_affected() == 1);
+    };
+    if failures.is_empty() {
+        // One statement: nothing else to keep atomic with it.
+        return Ok(moving().execute(pool).await?.rows_affected() == 1);
     }
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    let moved = sqlx::query(MOVE)
-        .bind(to.tx)
-        .bind(to.id)
-        .bind(renew.as_ref().map(|_| me))
-        .bind(renew.as_deref())
-        .bind(encode_time(now))
-        .bind(name)
-        .bind(me)
-        .bind(epoch)
-        .execute(&mut *tx)
-        .await?;
+    let moved = moving().execute(&mut *tx).await?;
     if moved.rows_affected() != 1 {
         tx.rollback().await?;
         return Ok(false);
