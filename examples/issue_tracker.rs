@@ -161,8 +161,11 @@ async fn chat_webhook(event: &Event, cx: &Context) -> Result<(), InboxError> {
     if (200..300).contains(&status) { Ok(()) } else { Err(InboxError::retry(format!("webhook answered {status}"))) }
 }
 
-/// Mirrors issues linked to an external tracker (those with an `external_id`).
-#[inbox(subject = "issue", actions = ["created", "status_changed"])]
+/// Mirrors issues linked to an external tracker (those with an `external_id`). The
+/// mirror must see one issue's changes in the order they happened: keyed by subject
+/// (the default, spelled out), one issue's events arrive one at a time, in commit
+/// order, and a failing one holds back that issue's later changes, not other issues'.
+#[inbox(subject = "issue", actions = ["created", "status_changed"], key = "subject")]
 async fn external_sync(event: &Event, cx: &Context) -> Result<(), InboxError> {
     let issue: i64 = event.subject.id.parse().map_err(|_| InboxError::give_up("issue ids are integers"))?;
     let mut tx = cx.store().begin().await?;

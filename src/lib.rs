@@ -21,11 +21,11 @@
 //! ```
 
 pub use event_core::{
-    Action, Actor, Backend, Connection, Context, Cursor, DeadLetter, Dispatcher, DispatcherBuilder, Drained, Error,
-    Event, EventId, Feed, InboxDef, InboxError, InboxStatus, InvalidTransition, MAX_ID_BYTES, MAX_METADATA_DEPTH,
-    MAX_NAME_BYTES, NewEvent, Page, Record, Registry, Resources, Result, StartFrom, StateMachine, Store, Subject,
-    Throttled, Transaction, Transition, UnknownState, Unreadable, action, declare_actions, dispatch, feed, inbox,
-    state_machine, transition,
+    Action, Actor, Backend, BlockedKey, Connection, Context, Cursor, DeadLetter, Dispatcher, DispatcherBuilder,
+    Drained, Error, Event, EventId, Feed, InboxDef, InboxError, InboxStatus, InvalidTransition, Key, MAX_ID_BYTES,
+    MAX_METADATA_DEPTH, MAX_NAME_BYTES, NewEvent, Page, Record, Registry, Resources, Result, StartFrom, StateMachine,
+    Store, Subject, Throttled, Transaction, Transition, UnknownState, Unreadable, action, declare_actions, dispatch,
+    feed, inbox, state_machine, transition,
 };
 
 /// Derives [`StateMachine`](trait@StateMachine) for an enum of unit variants: the
@@ -170,6 +170,7 @@ pub use event_macros::Action;
 /// | `subject = "issue"` | the subject type it receives | every subject |
 /// | `actions = ["assigned", "commented"]` | the actions it receives (snake_case, non-empty, no duplicates) | every action |
 /// | `filter = path::to::fn` | a `fn(&Event) -> bool`; events it refuses are skipped | none |
+/// | `key = "subject"` | what orders deliveries: one key's events go one at a time, in commit order, and a failing one holds back only its key; `"actor"`, `"correlation"`, `"none"` (no order) or `path::to::fn` (a `fn(&Event) -> String`) | `"subject"` |
 /// | `name = "emails"` | the stable name deliveries are stored under | `module::path::fn_name` |
 /// | `renamed_from = "old::name"` | the inbox's former name: a dispatcher that finds no row for the new name takes over the old one's checkpoint, retries and dead letters | none; a default name whose module moved (`a::mail::f` → `a::notify::f`) is taken over by its function name |
 /// | `max_attempts = 5` | attempts (at least 1) before a delivery is dead | [`InboxDef::DEFAULT_MAX_ATTEMPTS`] |

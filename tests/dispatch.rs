@@ -1039,6 +1039,7 @@ const fn moving(name: &'static str, subject: &'static str) -> herald::InboxDef {
         backoff: Duration::from_secs(3600),
         backoff_max: Duration::from_secs(3600),
         timeout: Duration::from_secs(30),
+        key: herald::Key::Subject,
         start_from: herald::StartFrom::Now,
         handler: moving_handler,
         file: file!(),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use herald::inbox::{HandlerFuture, InboxDef, StartFrom};
+use herald::inbox::{HandlerFuture, InboxDef, Key, StartFrom};
 use herald::prelude::*;
 use herald::{Error, Registry, Resources};
 use serde_json::{Value, json};
@@ -54,6 +54,41 @@ mod projections {
     }
 }
 
+/// One inbox per `key`; their subject keeps them out of the routing test's events.
+mod keys {
+    use herald::{Context, Event, InboxError, inbox};
+
+    #[inbox(subject = "keyed", key = "subject")]
+    pub(crate) async fn by_subject(_event: &Event, _cx: &Context) -> Result<(), InboxError> {
+        Ok(())
+    }
+
+    #[inbox(subject = "keyed", key = "actor")]
+    pub(crate) async fn by_actor(_event: &Event, _cx: &Context) -> Result<(), InboxError> {
+        Ok(())
+    }
+
+    #[inbox(subject = "keyed", key = "correlation")]
+    pub(crate) async fn by_correlation(_event: &Event, _cx: &Context) -> Result<(), InboxError> {
+        Ok(())
+    }
+
+    #[inbox(subject = "keyed", key = "none")]
+    pub(crate) async fn unordered(_event: &Event, _cx: &Context) -> Result<(), InboxError> {
+        Ok(())
+    }
+
+    #[inbox(subject = "keyed", key = self::tenant)]
+    pub(crate) async fn by_tenant(_event: &Event, _cx: &Context) -> Result<(), InboxError> {
+        Ok(())
+    }
+
+    /// The tenant in the metadata: one tenant's events in order.
+    pub(crate) fn tenant(event: &Event) -> String {
+        event.meta("tenant").and_then(|t| t.as_str()).unwrap_or("no tenant").to_owned()
+    }
+}
+
 /// An event as the store would hand it over.
 fn event(subject: &str, action: &str, actor: &str, metadata: Value) -> Event {
     serde_json::from_value(json!({
@@ -73,7 +108,20 @@ fn event(subject: &str, action: &str, actor: &str, metadata: Value) -> Event {
 fn the_registry_lists_what_the_macro_registered() {
     let registry = Registry::collect().unwrap();
     let names: Vec<_> = registry.iter().map(|i| i.name).collect();
-    assert_eq!(names, ["inbox_macro::audit_log", "inbox_macro::emails", "inbox_macro::webhooks", "issue_titles"]);
+    assert_eq!(
+        names,
+        [
+            "inbox_macro::audit_log",
+            "inbox_macro::emails",
+            "inbox_macro::keys::by_actor",
+            "inbox_macro::keys::by_correlation",
+            "inbox_macro::keys::by_subject",
+            "inbox_macro::keys::by_tenant",
+            "inbox_macro::keys::unordered",
+            "inbox_macro::webhooks",
+            "issue_titles"
+        ]
+    );
 
     let emails = registry.get("inbox_macro::emails").unwrap();
     assert_eq!(emails.subject, Some("issue"));
@@ -98,6 +146,37 @@ fn the_registry_lists_what_the_macro_registered() {
     let titles = registry.get("issue_titles").unwrap();
     assert_eq!((titles.subject, titles.start_from), (Some("issue"), StartFrom::Beginning));
     assert!(titles.filter.is_some());
+}
+
+#[test]
+fn the_key_option_registers_its_key() {
+    let registry = Registry::collect().unwrap();
+    let key = |name: &str| registry.get(name).unwrap_or_else(|| panic!("no inbox {name}")).key;
+
+    // The default: per-subject order.
+    assert!(matches!(key("inbox_macro::audit_log"), Key::Subject));
+    assert!(matches!(key("inbox_macro::emails"), Key::Subject));
+    assert!(matches!(key("issue_titles"), Key::Subject));
+    assert!(matches!(key("inbox_macro::keys::by_subject"), Key::Subject));
+    assert!(matches!(key("inbox_macro::keys::by_actor"), Key::Actor));
+    assert!(matches!(key("inbox_macro::keys::by_correlation"), Key::Correlation));
+    assert!(matches!(key("inbox_macro::keys::unordered"), Key::None));
+    assert!(matches!(key("inbox_macro::keys::by_tenant"), Key::Fn(_)));
+
+    // What each computes for one event.
+    let event = herald::testing::event(Subject::new("keyed", 42), "created", Actor::new("user", "alice"))
+        .id(7)
+        .metadata(json!({ "tenant": "acme" }))
+        .build();
+    let of = |name: &str| key(name).of(&event);
+    assert_eq!(of("inbox_macro::keys::by_subject").as_deref(), Some("keyed:42"));
+    assert_eq!(of("inbox_macro::keys::by_actor").as_deref(), Some("user:alice"));
+    assert_eq!(of("inbox_macro::keys::by_correlation").as_deref(), Some("7"));
+    assert_eq!(of("inbox_macro::keys::unordered"), None);
+    // Through the user's function.
+    assert_eq!(of("inbox_macro::keys::by_tenant").as_deref(), Some("acme"));
+    let other = herald::testing::event(Subject::new("keyed", 43), "created", Actor::system()).build();
+    assert_eq!(key("inbox_macro::keys::by_tenant").of(&other).as_deref(), Some("no tenant"));
 }
 
 #[test]
@@ -167,6 +246,7 @@ static ELSEWHERE: InboxDef = InboxDef {
     backoff: Duration::ZERO,
     backoff_max: Duration::ZERO,
     timeout: Duration::from_secs(1),
+    key: Key::Subject,
     start_from: StartFrom::Now,
     handler: noop,
     file: "src/notifications.rs",

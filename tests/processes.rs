@@ -246,7 +246,10 @@ async fn killed_workers_and_a_server_restart_lose_nothing_postgres() {
     Worker::spawn(&url, "public", "registrar", None).stop(); // inboxes start from now
     let mut workers: Vec<Worker> = (0..3).map(|n| Worker::spawn(&url, "public", &format!("w{n}"), None)).collect();
     let (mut kills, mut next) = (0, 3);
-    let mut chaos = |workers: &mut Vec<Worker>, kills: &mut usize| {
+    let mut kill_times = Vec::new();
+    let mut restart_time = String::new();
+    let mut chaos = |workers: &mut Vec<Worker>, kills: &mut usize, kill_times: &mut Vec<String>| {
+        kill_times.push(chrono::Utc::now().format("%H:%M:%S%.3f").to_string());
         let victim = *kills % workers.len();
         workers.remove(victim).kill();
         workers.insert(victim, Worker::spawn(&url, "public", &format!("w{next}"), None));
@@ -265,9 +268,10 @@ async fn killed_workers_and_a_server_restart_lose_nothing_postgres() {
         }
         // Killed while the round's deliveries are in flight.
         tokio::time::sleep(Duration::from_millis(50)).await;
-        chaos(&mut workers, &mut kills);
+        chaos(&mut workers, &mut kills, &mut kill_times);
         tokio::time::sleep(Duration::from_millis(1_450)).await;
         if round == 9 {
+            restart_time = chrono::Utc::now().format("%H:%M:%S%.3f").to_string();
             cluster.restart();
             // The store's pool reconnects on its own; wait until the server answers.
             let deadline = Instant::now() + Duration::from_secs(20);
@@ -291,6 +295,15 @@ async fn killed_workers_and_a_server_restart_lose_nothing_postgres() {
         w.stop();
     }
     let runs = scalar(&store, "SELECT COALESCE(SUM(runs), 0)::bigint FROM seen").await;
+    let gaps: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT inbox, to_char(prev, 'HH24:MI:SS.MS'), (EXTRACT(EPOCH FROM at - prev) * 1000)::bigint FROM \
+         (SELECT inbox, at, lag(at) OVER (PARTITION BY inbox ORDER BY at) AS prev FROM ticks) g \
+         WHERE at - prev > interval '2 seconds' ORDER BY at - prev DESC LIMIT 8",
+    )
+    .fetch_all(store.postgres_pool().unwrap())
+    .await
+    .unwrap();
+    eprintln!("chaos: kills at {kill_times:?}, restart at {restart_time}; longest gaps (inbox, from, ms): {gaps:?}");
     let silence_ms = scalar(
         &store,
         "SELECT COALESCE(MAX(gap), 0)::bigint FROM (SELECT EXTRACT(EPOCH FROM at - lag(at) OVER (PARTITION BY inbox ORDER BY at)) \
@@ -301,7 +314,32 @@ async fn killed_workers_and_a_server_restart_lose_nothing_postgres() {
         "chaos: {kills} kills, 1 server restart; {handled} of {want} deliveries, {} repeats, longest silence {silence_ms} ms",
         runs - handled
     );
-    assert_eq!(handled, want, "every (event, inbox) delivered");
-    assert_eq!(scalar(&store, "SELECT COUNT(*) FROM herald_deliveries WHERE dead").await, 0, "nothing dead-lettered");
+    if handled != want {
+        let pool = store.postgres_pool().unwrap();
+        let inboxes: Vec<(String, String)> = sqlx::query_as(
+            "SELECT name, format('from %s to %s at (%s, %s), owner %s, epoch %s', snap_from, snap_to, checkpoint_tx, \
+             checkpoint_id, lease_owner, lease_epoch) FROM herald_inboxes",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        let deliveries: Vec<(String, i64, i32, bool, Option<String>, String)> = sqlx::query_as(
+            "SELECT inbox, event_id, attempts, dead, key, last_error FROM herald_deliveries ORDER BY id",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        let missing: Vec<(String, i64, String)> = sqlx::query_as(
+            "SELECT i.inbox, e.id, e.tx_id::text FROM herald_events e CROSS JOIN (VALUES ('chaos_a'), ('chaos_b'), \
+             ('chaos_c'), ('chaos_d')) AS i(inbox) WHERE e.subject_type = 'chaos' AND NOT EXISTS \
+             (SELECT 1 FROM seen s WHERE s.inbox = i.inbox AND s.event_id = e.id)",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        panic!("{handled} of {want} delivered; missing {missing:?}\ninboxes {inboxes:#?}\ndeliveries {deliveries:#?}");
+    }
+    let dead = store.dead_letters(None).await.unwrap();
+    assert!(dead.is_empty(), "nothing dead-lettered: {dead:#?}");
     assert!(silence_ms <= 6_000, "an inbox went quiet for {silence_ms} ms (target 5 s: the 4 s lease plus a poll)");
 }

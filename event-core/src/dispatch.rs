@@ -7,9 +7,12 @@
 //! per delivery:
 //!
 //! - `herald_inboxes`: one row per inbox name with its checkpoint (a position in the
-//!   commit order of events) and a lease. A worker leases an inbox, reads the next
-//!   batch of matching events after the checkpoint (one `SELECT`), runs the handlers
-//!   concurrently, then moves the checkpoint past the batch (one `UPDATE`).
+//!   commit order of events) and a lease. A worker leases an inbox and streams it:
+//!   reads batches of matching events after the checkpoint (one `SELECT` each) while
+//!   handlers have room, runs them (see *Order* below), and moves the checkpoint to
+//!   the **low watermark**, the position before the oldest event not yet finished (one
+//!   `UPDATE` about once per batch, or every 100 ms while work goes on). Events finish
+//!   in any order; nothing waits for a batch's slowest event but the checkpoint.
 //! - `herald_deliveries`: one row per delivery that failed, with its attempts, next
 //!   attempt time, last error and lease; dead letters are the rows marked `dead`.
 //!   Each inbox has a retry task of its own that claims its due retries up to its
@@ -19,14 +22,36 @@
 //!
 //! **Write cost per event**: zero rows for a successful delivery. Recording writes only
 //! the event; each inbox writes one checkpoint `UPDATE` per batch (up to
-//! [`DispatcherBuilder::batch_size`] events); a failed delivery writes one row, and
-//! one more per retry. Waking from idle, an inbox re-takes its lease in the statement
+//! [`DispatcherBuilder::batch_size`] events) or per 100 ms of work; a failed delivery
+//! writes one row (as does each later event of its key parked behind it), and one more
+//! per retry. While nothing of an inbox is held back, finding out costs nothing; once
+//! something is, each batch asks which of its keys are (one indexed query). Waking from idle, an inbox re-takes its lease in the statement
 //! that reads its batch, and only if the batch holds something. If the new events are
 //! not for it, it writes nothing: it keeps its new position in memory and writes it
 //! only once it is 1,000 transactions (PostgreSQL) or events (SQLite) behind, or 5
 //! minutes old. Bookkeeping is O(inboxes + deliveries in trouble): successes leave
 //! nothing behind, and dead letters are pruned with [`Store::prune_dead`] (or
 //! [`DispatcherBuilder::dead_retention`]). Events themselves are kept.
+//!
+//! # Order: delivery by key
+//!
+//! Every inbox has a key ([`Key`](crate::inbox::Key); `#[inbox(key = "subject" |
+//! "actor" | "correlation" | "none" | path::to::fn)]`), by default the subject:
+//!
+//! - **Events of one key reach the inbox in commit order, one at a time**, across
+//!   retries and crashes. A failing event holds back the later events of its key, and
+//!   only of its key, until it succeeds or is dead-lettered: the later ones are parked
+//!   behind it in `herald_deliveries` ("waiting", no attempt counted), and only the
+//!   oldest live row of a key is ever claimed.
+//! - **No order between keys**: different keys run side by side, up to the inbox's
+//!   concurrency. `key = "none"` keeps no order at all; a failure holds nothing back.
+//! - A key held back by a failing event is a **blocked key**:
+//!   [`Store::blocked_keys`] lists each with its head event, attempts and last error
+//!   and how many wait behind it; [`Store::retry_key`] retries the head now,
+//!   [`Store::skip_key`] dead-letters it so the rest go on.
+//! - A crash re-delivers what was not yet passed, in order again: a key's events may
+//!   then run twice (at least once), never out of order. A dead letter retried by
+//!   hand ([`Store::retry_dead`]) runs after the later events of its key.
 //!
 //! **Commit order, and what may delay an event.** PostgreSQL sequence values are
 //! taken at insert, not at commit: a transaction holding id 10 can commit after one
@@ -94,7 +119,7 @@
 //! listener reconnects when its connection drops; polling every
 //! [`DispatcherBuilder::poll_interval`] runs regardless.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -105,7 +130,7 @@ use tokio::sync::OnceCell;
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
-use crate::inbox::{Context, InboxDef, InboxError, Outcome, Registry, Resources, StartFrom};
+use crate::inbox::{Context, InboxDef, InboxError, Key, Outcome, Registry, Resources, StartFrom};
 use crate::model::{Event, EventId, now, time_after};
 use crate::store::Store;
 
@@ -243,6 +268,8 @@ impl Lease {
 /// A failed delivery, to park in `herald_deliveries`.
 #[derive(Debug, Clone)]
 pub(crate) struct Failure {
+    /// Its key: a live row holds back the later events of the key.
+    pub(crate) key: Option<String>,
     pub(crate) event_id: EventId,
     pub(crate) attempts: u32,
     pub(crate) next_at: DateTime<Utc>,
@@ -277,6 +304,7 @@ pub(crate) struct Claimed {
     pub(crate) event: Result<Event>,
     pub(crate) attempts: u32,
     pub(crate) expiries: u32,
+    pub(crate) key: Option<String>,
 }
 
 /// A delivery that will not be attempted again unless retried by hand
@@ -298,6 +326,31 @@ pub struct DeadLetter {
     pub last_error: String,
     /// When it died.
     pub failed_at: DateTime<Utc>,
+    /// Its key, for an inbox that keeps order (a dead letter holds nothing back).
+    pub key: Option<String>,
+}
+
+/// A key of an inbox held back by a failing event: its later events wait until the
+/// head succeeds, is dead-lettered, or is skipped ([`Store::skip_key`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BlockedKey {
+    /// The inbox.
+    pub inbox: String,
+    /// The key (e.g. `issue:42` for the subject `issue` 42).
+    pub key: String,
+    /// The head delivery's id.
+    pub delivery: i64,
+    /// The event at the head, the one failing.
+    pub head: EventId,
+    /// Its failed attempts.
+    pub attempts: u32,
+    /// Its last error.
+    pub last_error: String,
+    /// When it is tried again.
+    pub next_at: DateTime<Utc>,
+    /// Events of the key waiting behind it.
+    pub waiting: u64,
 }
 
 /// How one inbox is doing.
@@ -573,13 +626,236 @@ struct Known {
     epoch: i64,
     /// Until when this worker holds the lease, if it does.
     lease_until: Option<DateTime<Utc>>,
+    /// Whether keys of the inbox may be held back by failed deliveries (the next batch
+    /// then asks which of its keys are). Only the lease holder parks deliveries, so
+    /// `false` holds until this worker parks one or loses the lease.
+    blocked: bool,
 }
 
 impl Known {
     /// Just written (or read) from the database.
-    fn stored(checkpoint: Mark, lease_until: Option<DateTime<Utc>>, epoch: i64) -> Self {
-        Known { seen: checkpoint.clone(), checkpoint, written: tokio::time::Instant::now(), lease_until, epoch }
+    fn stored(checkpoint: Mark, lease_until: Option<DateTime<Utc>>, epoch: i64, blocked: bool) -> Self {
+        Known {
+            seen: checkpoint.clone(),
+            checkpoint,
+            written: tokio::time::Instant::now(),
+            lease_until,
+            epoch,
+            blocked,
+        }
     }
+}
+
+/// Under [`Dispatcher::run`], what an inbox's stream follows while handlers run.
+struct Live<'a> {
+    commits: &'a mut tokio::sync::watch::Receiver<u64>,
+    stop: &'a mut tokio::sync::watch::Receiver<bool>,
+}
+
+/// The next commit wake-up (its count), or never without `live`.
+async fn wait_commit(commits: Option<&mut tokio::sync::watch::Receiver<u64>>) -> Option<u64> {
+    match commits {
+        Some(commits) => match commits.changed().await {
+            Ok(()) => Some(*commits.borrow_and_update()),
+            Err(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// The stop signal, or never without `live`.
+async fn wait_stop(stop: Option<&mut tokio::sync::watch::Receiver<bool>>) {
+    match stop {
+        Some(stop) => {
+            while !*stop.borrow_and_update() {
+                if stop.changed().await.is_err() {
+                    return;
+                }
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// The most events an inbox's stream holds between its written checkpoint and its
+/// read cursor (done, running or queued): what a crash makes again, at most.
+const WINDOW: usize = 10_000;
+
+/// What an inbox's stream read and has not yet written past: one slot per event (plus
+/// one per batch end), oldest first.
+#[derive(Debug)]
+struct Window {
+    slots: std::collections::VecDeque<Slot>,
+    /// The number of slots ever taken off the front: slot `n` is `slots[n - base]`.
+    base: u64,
+    /// Where the next batch is read from.
+    cursor: Mark,
+    /// Events ready to start, in commit order: their key has nothing running.
+    ready: std::collections::VecDeque<(u64, Option<String>, Event)>,
+    /// Events waiting for the running event of their key, per key, in commit order.
+    queued: HashMap<String, std::collections::VecDeque<(u64, Event)>>,
+    queued_len: usize,
+    /// Keys with an event ready or running.
+    busy: HashSet<String>,
+    /// Keys held back by an event that failed in this stream: the event, and how many
+    /// of the key's parked events are not yet written (until then the database cannot
+    /// tell that the key is held back).
+    blocked: HashMap<String, (String, usize)>,
+}
+
+/// One event of a [`Window`] (or a batch end).
+#[derive(Debug)]
+struct Slot {
+    /// The inbox's position once this slot and every one before it are passed.
+    after: Mark,
+    done: bool,
+    /// Parked with the checkpoint that passes it.
+    failure: Option<Failure>,
+}
+
+impl Window {
+    fn new(cursor: Mark) -> Self {
+        Window {
+            slots: Default::default(),
+            base: 0,
+            cursor,
+            ready: Default::default(),
+            queued: HashMap::new(),
+            queued_len: 0,
+            busy: HashSet::new(),
+            blocked: HashMap::new(),
+        }
+    }
+
+    /// Events read and not started.
+    fn unstarted(&self) -> usize {
+        self.ready.len() + self.queued_len
+    }
+
+    fn push_done(&mut self, after: Mark, failure: Option<Failure>) {
+        self.slots.push_back(Slot { after, done: true, failure });
+    }
+
+    /// Takes in a readable event: parked behind the failure holding its key back
+    /// (`held`: keys held back in the database), queued behind its key's running
+    /// event, or ready.
+    fn admit(&mut self, def: &InboxDef, after: Mark, event: Event, held: &HashSet<String>) {
+        let n = self.base + self.slots.len() as u64;
+        let key = def.key.of(&event);
+        if let Some(k) = &key {
+            if held.contains(k) && !self.blocked.contains_key(k) {
+                self.blocked.insert(k.clone(), ("an earlier event".to_owned(), 0));
+            }
+            if let Some((head, unwritten)) = self.blocked.get_mut(k) {
+                *unwritten += 1;
+                let parked = waiting(event.id, k, head);
+                self.push_done(after, Some(parked));
+                return;
+            }
+            self.slots.push_back(Slot { after, done: false, failure: None });
+            if self.busy.contains(k) {
+                self.queued.entry(k.clone()).or_default().push_back((n, event));
+                self.queued_len += 1;
+                return;
+            }
+            self.busy.insert(k.clone());
+        } else {
+            self.slots.push_back(Slot { after, done: false, failure: None });
+        }
+        self.ready.push_back((n, key, event));
+    }
+
+    /// Slot `n` finished (`failure`: parked). The next event of its key becomes ready;
+    /// after a failure that will be retried, the rest of the key is parked behind it.
+    fn finish(&mut self, n: u64, key: Option<String>, failure: Option<Failure>) {
+        let holds = failure.as_ref().filter(|f| !f.dead).map(|f| f.event_id);
+        if let Some(slot) = n.checked_sub(self.base).and_then(|i| self.slots.get_mut(i as usize)) {
+            slot.done = true;
+            slot.failure = failure;
+        }
+        let Some(k) = key else { return };
+        match holds {
+            Some(head) => {
+                self.busy.remove(&k);
+                let queued = self.queued.remove(&k).unwrap_or_default();
+                self.blocked.insert(k.clone(), (format!("event {head}"), 1 + queued.len()));
+                for (n, event) in queued {
+                    self.queued_len -= 1;
+                    if let Some(slot) = n.checked_sub(self.base).and_then(|i| self.slots.get_mut(i as usize)) {
+                        slot.done = true;
+                        slot.failure = Some(waiting(event.id, &k, &format!("event {head}")));
+                    }
+                }
+            }
+            None => match self.queued.get_mut(&k).and_then(|q| q.pop_front()) {
+                Some((n, event)) => {
+                    self.queued_len -= 1;
+                    self.ready.push_back((n, Some(k), event));
+                }
+                None => {
+                    self.queued.remove(&k);
+                    self.busy.remove(&k);
+                }
+            },
+        }
+    }
+}
+
+/// A parked event of a key held back by an earlier one: claimed once it is its key's
+/// oldest, without an attempt counted until it runs.
+fn waiting(event_id: EventId, key: &str, head: &str) -> Failure {
+    Failure {
+        event_id,
+        attempts: 0,
+        next_at: now(),
+        error: format!("waiting behind {head} of its key {key:?}"),
+        dead: false,
+        key: Some(key.to_owned()),
+    }
+}
+
+/// The passed front of a [`Window`] not yet written.
+#[derive(Debug, Default)]
+struct Passed {
+    mark: Option<Mark>,
+    failures: Vec<Failure>,
+    /// Slots passed (events and batch ends).
+    events: usize,
+}
+
+impl Passed {
+    /// Takes the done slots off the front of `w`.
+    fn take(&mut self, w: &mut Window) {
+        while w.slots.front().is_some_and(|s| s.done) {
+            let Some(slot) = w.slots.pop_front() else { break };
+            w.base += 1;
+            self.events += 1;
+            self.mark = Some(slot.after);
+            self.failures.extend(slot.failure);
+        }
+    }
+
+    /// Once written: keys whose parked events are all in the database now are the
+    /// database's to tell (the next batch asks it), not this stream's.
+    fn written(self, w: &mut Window) {
+        for f in self.failures.iter().filter(|f| !f.dead) {
+            let Some(key) = &f.key else { continue };
+            if let Some((_, unwritten)) = w.blocked.get_mut(key) {
+                *unwritten = unwritten.saturating_sub(1);
+                if *unwritten == 0 {
+                    w.blocked.remove(key);
+                }
+            }
+        }
+    }
+}
+
+/// The distinct keys of a batch's readable events.
+fn batch_keys(def: &InboxDef, batch: &Batch) -> Vec<String> {
+    let mut keys: Vec<String> = batch.iter().filter_map(|(_, e)| e.as_ref().ok().and_then(|e| def.key.of(e))).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys
 }
 
 /// Whether an inbox that found nothing new should write its position now. Not per
@@ -659,7 +935,7 @@ impl Dispatcher {
             let mut progressed = false;
             for def in self.inner.registry.iter() {
                 loop {
-                    let pass = caught(self.pump_inbox(def, &view)).await?;
+                    let pass = caught(self.pump_inbox(def, &view, None)).await?;
                     total.delivered += pass.delivered;
                     total.failed += pass.failed;
                     progressed |= pass.delivered + pass.failed > 0;
@@ -875,7 +1151,7 @@ impl Dispatcher {
             let woke = *commits.borrow_and_update();
             let outcome = caught(async {
                 let view = self.inner.store.shared_view(woke).await?;
-                self.pump_inbox(def, &view).await
+                self.pump_inbox(def, &view, Some(Live { commits: &mut commits, stop: &mut stop })).await
             })
             .await;
             let wait = match outcome {
@@ -932,11 +1208,13 @@ impl Dispatcher {
     }
 
     /// One batch of one inbox: lease it, deliver, move the checkpoint.
-    async fn pump_inbox(&self, def: &'static InboxDef, view: &View) -> Result<Pass> {
+    async fn pump_inbox(&self, def: &'static InboxDef, view: &View, live: Option<Live<'_>>) -> Result<Pass> {
         let inner = &*self.inner;
         let store = &inner.store;
         let t = now();
         let known = inner.known.lock().ok().and_then(|k| k.get(def.name).cloned());
+        // Unknown (a lease taken the long way): the first batch asks.
+        let blocked = known.as_ref().is_none_or(|k| k.blocked);
         if known.as_ref().is_some_and(|k| k.seen.caught_up(view)) {
             return Ok(Pass::default()); // checkpoints only move forward: nothing to do
         }
@@ -954,7 +1232,7 @@ impl Dispatcher {
                 match relet.await? {
                     Relet::Changed => None,
                     Relet::Advanced => {
-                        self.remember(def.name, Some(Known::stored(passed, None, k.epoch)));
+                        self.remember(def.name, Some(Known::stored(passed, None, k.epoch, k.blocked)));
                         return Ok(Pass::default());
                     }
                     Relet::Empty => {
@@ -985,7 +1263,8 @@ impl Dispatcher {
         };
         if lease.checkpoint.caught_up(view) {
             let released = store.advance(def.name, &inner.me, lease.epoch, &lease.checkpoint, None, &[], now()).await?;
-            self.remember(def.name, released.then(|| Known::stored(lease.checkpoint, None, lease.epoch)));
+            let known = Known::stored(lease.checkpoint, None, lease.epoch, blocked);
+            self.remember(def.name, released.then_some(known));
             return Ok(Pass::default());
         }
         if lease.taken_over {
@@ -1000,50 +1279,232 @@ impl Dispatcher {
                 .map_err(|_| Error::InvalidConfig("poisoned lock".into()))?
                 .insert(def.name, inner.batch_size);
         }
-        let careful = self.careful(def.name)?;
-        let limit = if careful { 1 } else { inner.batch_size };
-        let batch: Batch = match prefetched {
-            Some(batch) => batch,
-            None => store.read_batch(def, &lease.checkpoint, view, limit).await?,
+        self.stream(def, lease, prefetched, view, live, blocked).await
+    }
+
+    /// Delivers from `lease`'s checkpoint until nothing is left up to the view: reads
+    /// batches while handlers are free, runs different keys side by side and the events
+    /// of one key one at a time in commit order, and writes the checkpoint as the low
+    /// watermark (the position before the oldest unfinished event), with the failures
+    /// it passes, about once per batch. A slow event holds back neither the other keys
+    /// nor the reading; only the written checkpoint waits for it.
+    ///
+    /// `live` (under [`run`](Self::run)): wake-ups to follow while handlers still run,
+    /// and the stop signal; `None` under [`drain`](Self::drain). `blocked`: whether
+    /// keys of this inbox may be held back by rows in `herald_deliveries` (then each
+    /// batch asks which of its keys are).
+    async fn stream(
+        &self,
+        def: &'static InboxDef,
+        lease: Lease,
+        mut prefetched: Option<Batch>,
+        view: &View,
+        live: Option<Live<'_>>,
+        mut blocked: bool,
+    ) -> Result<Pass> {
+        let (mut commits, mut stop) = match live {
+            Some(Live { commits, stop }) => (Some(commits), Some(stop)),
+            None => (None, None),
         };
-        let to = lease.checkpoint.after(view, batch.last().map(|(pos, _)| *pos), batch.len() == limit);
-        let read = batch.len();
-        let mut pass = Pass { more: !to.caught_up(view), ..Pass::default() };
-        let failures = if careful && lease.crashes_here() >= inner.max_lease_expiries {
-            // This event kept killing its workers: dead-letter it and move on.
-            batch
-                .iter()
-                .map(|(pos, _)| Failure {
-                    event_id: EventId(pos.id),
-                    attempts: 0,
-                    next_at: now(),
-                    error: format!(
-                        "its worker stopped {} times (crashed or hung past the lease) before finishing",
-                        lease.crashes_here()
-                    ),
-                    dead: true,
-                })
-                .collect()
-        } else {
-            let events = batch.into_iter().map(|(pos, e)| (EventId(pos.id), e)).collect();
-            let (delivered, failures) = self.deliver(def, events, 0, Some(lease.epoch)).await;
-            pass.delivered = delivered;
-            failures
-        };
-        pass.failed = failures.len() as u64;
-        let renew = pass.more.then_some(inner.lease);
-        if !store.advance(def.name, &inner.me, lease.epoch, &to, renew, &failures, now()).await? {
-            tracing::warn!(inbox = def.name, "herald: lease lost mid-batch; its new owner re-delivers the batch");
-            self.remember(def.name, None);
-            return Ok(Pass::default());
+        /// A passed stretch is written at least this often while work goes on.
+        const FLUSH_AFTER: Duration = Duration::from_millis(100);
+        let inner = &*self.inner;
+        let store = &inner.store;
+        let mut view = view.clone();
+        let window_cap = WINDOW.max(2 * inner.batch_size);
+        // An event that kept killing its workers: dead-lettered unrun.
+        let mut poison = self.careful(def.name)? && lease.crashes_here() >= inner.max_lease_expiries;
+        let mut w = Window::new(lease.checkpoint.clone());
+        // Each delivery a task of its own: while this stream awaits the database (a read,
+        // a checkpoint write), handlers go on and give their pooled connections back. Run
+        // inside this task, they stalled there holding them, and a pool smaller than
+        // the concurrency deadlocked.
+        let mut running = tokio::task::JoinSet::new();
+        // What each task delivers, to account for one that panicked.
+        let mut tasks: HashMap<tokio::task::Id, (u64, Option<String>, EventId)> = HashMap::new();
+        let mut pass = Pass::default();
+        let mut unwritten = Passed::default();
+        let mut written = lease.checkpoint.clone();
+        let (mut last_write, mut last_renew) = (tokio::time::Instant::now(), tokio::time::Instant::now());
+        let mut stopping = false;
+        loop {
+            // After a takeover, one event at a time until past what the crashed worker
+            // may have been running.
+            let careful = self.careful(def.name)?;
+            let concurrency = if careful { 1 } else { inner.concurrency };
+            let read_ahead = if careful { 1 } else { 2 * inner.batch_size.max(concurrency) };
+            // Read while the handlers have room and the window is not too far ahead.
+            while !stopping && w.unstarted() < read_ahead && w.slots.len() < window_cap && !w.cursor.caught_up(&view) {
+                let limit = self.batch_limit(def.name)?;
+                let batch = match prefetched.take() {
+                    Some(batch) => batch,
+                    None => store.read_batch(def, &w.cursor, &view, limit).await?,
+                };
+                let held = if blocked && !matches!(def.key, Key::None) && !batch.is_empty() {
+                    let keys = batch_keys(def, &batch);
+                    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+                    let (any, held) = store.blocked_among(def.name, &keys).await?;
+                    blocked = any;
+                    held.into_iter().collect()
+                } else {
+                    HashSet::new()
+                };
+                let next = w.cursor.after(&view, batch.last().map(|(pos, _)| *pos), batch.len() >= limit);
+                for (pos, event) in batch {
+                    let after = w.cursor.after(&view, Some(pos), true);
+                    if poison {
+                        let error = format!(
+                            "its worker stopped {} times (crashed or hung past the lease) before finishing",
+                            lease.crashes_here()
+                        );
+                        let failure = Failure {
+                            event_id: EventId(pos.id),
+                            attempts: 0,
+                            next_at: now(),
+                            error,
+                            dead: true,
+                            key: None,
+                        };
+                        w.push_done(after, Some(failure));
+                        pass.failed += 1;
+                        continue;
+                    }
+                    match event {
+                        Ok(event) => w.admit(def, after, event, &held),
+                        Err(e) => {
+                            tracing::error!(inbox = def.name, event = pos.id, error = %e, "herald: a stored event cannot be read; dead-lettered");
+                            let error = format!("the stored event cannot be read: {e}");
+                            let failure = Failure {
+                                event_id: EventId(pos.id),
+                                attempts: 1,
+                                next_at: now(),
+                                error,
+                                dead: true,
+                                key: None,
+                            };
+                            w.push_done(after, Some(failure));
+                            pass.failed += 1;
+                        }
+                    }
+                }
+                poison = false;
+                w.push_done(next.clone(), None);
+                w.cursor = next;
+            }
+            while running.len() < concurrency
+                && !stopping
+                && let Some((slot, key, event)) = w.ready.pop_front()
+            {
+                let id = event.id;
+                let delivery = self.deliver_one(def, event, 0);
+                let which = (slot, key.clone(), id);
+                let task = running.spawn(async move { ((slot, key, id), delivery.await) });
+                tasks.insert(task.id(), which);
+            }
+            unwritten.take(&mut w);
+            let idle = running.is_empty() && (w.ready.is_empty() || stopping);
+            let finished = idle && (stopping || w.cursor.caught_up(&view));
+            let due = finished
+                || unwritten.events >= inner.batch_size
+                || (careful && unwritten.events > 0)
+                || (unwritten.events > 0 && last_write.elapsed() >= FLUSH_AFTER);
+            if due && (unwritten.mark.is_some() || finished) {
+                let to = unwritten.mark.clone().unwrap_or_else(|| written.clone());
+                let renew = (!finished).then_some(inner.lease);
+                let parked_keys = unwritten.failures.iter().any(|f| f.key.is_some() && !f.dead);
+                if !store.advance(def.name, &inner.me, lease.epoch, &to, renew, &unwritten.failures, now()).await? {
+                    tracing::warn!(
+                        inbox = def.name,
+                        "herald: lease lost mid-batch; its new owner re-delivers what was not passed"
+                    );
+                    self.remember(def.name, None);
+                    return Ok(Pass { more: false, ..pass });
+                }
+                if careful && let Ok(mut careful) = inner.careful.lock() {
+                    let left = careful.entry(def.name).or_default();
+                    *left = left.saturating_sub(unwritten.events.max(1));
+                }
+                // What was parked is now the database's to tell: ask it from the next batch on.
+                blocked |= parked_keys;
+                std::mem::take(&mut unwritten).written(&mut w);
+                written = to;
+                last_write = tokio::time::Instant::now();
+                last_renew = last_write;
+                let held_until = renew.map(|lease| now() + chrono_of(lease));
+                self.remember(def.name, Some(Known::stored(written.clone(), held_until, lease.epoch, blocked)));
+            }
+            if finished {
+                return Ok(pass);
+            }
+            // Wait for a handler, a flush or renewal, or (with the cursor at the view
+            // while handlers still run) new commits.
+            let renew_at = last_renew + inner.lease / 3;
+            let wake_at = if unwritten.events > 0 { renew_at.min(last_write + FLUSH_AFTER) } else { renew_at };
+            let at_view = w.cursor.caught_up(&view) && !stopping;
+            let poll_at = tokio::time::Instant::now() + inner.poll_interval;
+            tokio::select! {
+                Some(joined) = running.join_next_with_id(), if !running.is_empty() => {
+                    let ((slot, key, id), out) = match joined {
+                        Ok((task, done)) => {
+                            tasks.remove(&task);
+                            (done.0, Ok(done.1))
+                        }
+                        Err(e) => {
+                            let Some(which) = tasks.remove(&e.id()) else { continue };
+                            let panic = if e.is_panic() {
+                                crate::concurrent::panic_text(e.into_panic())
+                            } else {
+                                "cancelled".to_owned()
+                            };
+                            (which, Err(panic))
+                        }
+                    };
+                    let error = match out {
+                        Ok(Ok(true)) => { pass.delivered += 1; None }
+                        Ok(Ok(false)) => None,
+                        Ok(Err(e)) => Some(e),
+                        Err(panic) => Some(InboxError::retry(format!("handler panicked: {panic}"))),
+                    };
+                    let parked = error.map(|error| {
+                        tracing::warn!(inbox = def.name, event = %id, attempt = 1, error = %error, "herald: delivery failed");
+                        pass.failed += 1;
+                        Failure { key: key.clone(), ..failure(def, id, 1, error) }
+                    });
+                    w.finish(slot, key, parked);
+                }
+                _ = tokio::time::sleep_until(wake_at) => {
+                    if tokio::time::Instant::now() >= renew_at {
+                        last_renew = tokio::time::Instant::now();
+                        // Renewal never acquires: a worker that lost its lease (it stalled
+                        // past it) must not take it back and write a stale checkpoint.
+                        match store.renew_lease(def.name, &inner.me, lease.epoch, inner.lease).await {
+                            Ok(true) => {}
+                            Ok(false) => {
+                                tracing::warn!(
+                                    inbox = def.name,
+                                    "herald: lease lost while delivering (this worker stalled past it); its new \
+                                     owner makes the unfinished events again and this worker's results are discarded"
+                                );
+                                self.remember(def.name, None);
+                                return Ok(Pass { more: false, ..pass });
+                            }
+                            Err(e) => tracing::warn!(inbox = def.name, error = %e, "herald: renewing a lease failed"),
+                        }
+                    }
+                }
+                woke = wait_commit(commits.as_deref_mut()), if at_view && !running.is_empty() => {
+                    if let Some(woke) = woke {
+                        view = store.shared_view(woke).await?;
+                    }
+                }
+                _ = tokio::time::sleep_until(poll_at), if at_view && commits.is_some() && !running.is_empty() => {
+                    view = store.view().await?;
+                }
+                _ = wait_stop(stop.as_deref_mut()), if !stopping => {
+                    stopping = true;
+                }
+            }
         }
-        let held_until = renew.map(|lease| now() + chrono_of(lease));
-        self.remember(def.name, Some(Known::stored(to, held_until, lease.epoch)));
-        if careful && let Ok(mut careful) = inner.careful.lock() {
-            let left = careful.entry(def.name).or_default();
-            *left = left.saturating_sub(read.max(1));
-        }
-        Ok(pass)
     }
 
     /// Whether `inbox` is re-delivering one event at a time after a takeover.
@@ -1067,93 +1528,38 @@ impl Dispatcher {
         }
     }
 
-    /// Runs the handler on each event (filtered), concurrently; returns how many
-    /// succeeded and the failures. `attempts` is the number of failed attempts so far.
-    /// An event that cannot be read is dead-lettered at once (no retry can read it);
-    /// a filter that panics fails its event like a handler that panics.
-    ///
-    /// `epoch`: the inbox lease to keep renewed meanwhile (batches hold one; retries
-    /// do not).
-    async fn deliver(
+    /// One delivery: the filter, then the handler under the inbox's timeout, panics
+    /// caught by the caller. `Ok(true)`: delivered; `Ok(false)`: filtered out
+    /// (acknowledged unseen). `attempts`: failed attempts so far.
+    fn deliver_one(
         &self,
         def: &'static InboxDef,
-        events: Vec<(EventId, Result<Event>)>,
+        event: Event,
         attempts: u32,
-        epoch: Option<i64>,
-    ) -> (u64, Vec<Failure>) {
+    ) -> std::pin::Pin<Box<dyn Future<Output = std::result::Result<bool, InboxError>> + Send + 'static>> {
         let inner = &self.inner;
-        let mut failures = Vec::new();
-        let mut readable = Vec::with_capacity(events.len());
-        for (id, event) in events {
-            match event {
-                Ok(event) => readable.push(event),
-                Err(e) => {
-                    tracing::error!(inbox = def.name, event = %id, error = %e, "herald: a stored event cannot be read; dead-lettered");
-                    failures.push(Failure {
-                        event_id: id,
-                        attempts: attempts + 1,
-                        next_at: now(),
-                        error: format!("the stored event cannot be read: {e}"),
-                        dead: true,
-                    });
-                }
-            }
-        }
-        let jobs = readable.into_iter().map(|event| {
-            let cx = Context::new(inner.store.clone(), inner.resources.clone(), def.name, event.clone(), attempts + 1)
-                .with_max_causation_depth(inner.max_causation_depth);
-            (event.id, async move {
-                if let Some(keep) = def.filter {
-                    match std::panic::catch_unwind(|| keep(&event)) {
-                        Ok(true) => {}
-                        Ok(false) => return Ok(false), // acknowledged unseen
-                        Err(panic) => {
-                            return Err(InboxError::retry(format!(
-                                "filter panicked: {}",
-                                crate::concurrent::panic_text(panic)
-                            )));
-                        }
+        let cx = Context::new(inner.store.clone(), inner.resources.clone(), def.name, event.clone(), attempts + 1)
+            .with_max_causation_depth(inner.max_causation_depth);
+        Box::pin(async move {
+            if let Some(keep) = def.filter {
+                match std::panic::catch_unwind(|| keep(&event)) {
+                    Ok(true) => {}
+                    Ok(false) => return Ok(false),
+                    Err(panic) => {
+                        return Err(InboxError::retry(format!(
+                            "filter panicked: {}",
+                            crate::concurrent::panic_text(panic)
+                        )));
                     }
                 }
-                // A handler that never returns must not hold its inbox (and the lease,
-                // renewed meanwhile) forever: cancelled at the timeout, it fails.
-                match tokio::time::timeout(def.timeout, (def.handler)(&event, &cx)).await {
-                    Ok(outcome) => outcome.map(|()| true),
-                    Err(_) => Err(InboxError::retry(format!("timed out after {:?}", def.timeout))),
-                }
-            })
-        });
-        let work = crate::concurrent::run_limited(jobs, inner.concurrency);
-        let outcomes = while_renewing(inner.lease, work, || async {
-            // Renewal never acquires: a worker that lost its lease (it stalled past it)
-            // must not take it back and then write a stale checkpoint.
-            let Some(epoch) = epoch else { return };
-            match inner.store.renew_lease(def.name, &inner.me, epoch, inner.lease).await {
-                Ok(true) => {}
-                Ok(false) => tracing::warn!(
-                    inbox = def.name,
-                    "herald: lease lost while delivering (this worker stalled past it); its new owner \
-                     makes the batch again and this worker's result is discarded"
-                ),
-                Err(e) => tracing::warn!(inbox = def.name, error = %e, "herald: renewing a lease failed"),
+            }
+            // A handler that never returns must not hold its key (and the lease,
+            // renewed meanwhile) forever: cancelled at the timeout, it fails.
+            match tokio::time::timeout(def.timeout, (def.handler)(&event, &cx)).await {
+                Ok(outcome) => outcome.map(|()| true),
+                Err(_) => Err(InboxError::retry(format!("timed out after {:?}", def.timeout))),
             }
         })
-        .await;
-        let mut delivered = 0;
-        for (id, outcome) in outcomes {
-            let error = match outcome {
-                Ok(Ok(true)) => {
-                    delivered += 1;
-                    continue;
-                }
-                Ok(Ok(false)) => continue,
-                Ok(Err(e)) => e,
-                Err(panic) => InboxError::retry(format!("handler panicked: {panic}")),
-            };
-            tracing::warn!(inbox = def.name, event = %id, attempt = attempts + 1, error = %error, "herald: delivery failed");
-            failures.push(failure(def, id, attempts + 1, error));
-        }
-        (delivered, failures)
     }
 
     /// One claim of `def`'s due retries, up to its concurrency: run side by side,
@@ -1180,35 +1586,72 @@ impl Dispatcher {
         .await;
         let mut pass = Pass { more, ..Pass::default() };
         for (_, outcome) in outcomes {
-            match outcome {
-                Ok(Ok(true)) => pass.delivered += 1,
-                Ok(Ok(false)) => pass.failed += 1,
+            let (delivered, frees) = match outcome {
+                Ok(Ok(done)) => done,
                 Ok(Err(e)) => return Err(e),
                 Err(panic) => return Err(Error::Panicked(panic)),
+            };
+            if delivered {
+                pass.delivered += 1;
+            } else {
+                pass.failed += 1;
             }
+            // The key's next event is due now: claim it at once, not at the next poll.
+            pass.more |= frees;
         }
         Ok(pass)
     }
 
-    /// Runs one claimed retry and completes it at once: `true` when it succeeded.
-    async fn retry_one(&self, def: &'static InboxDef, c: Claimed) -> Result<bool> {
+    /// Runs one claimed retry and completes it at once: whether it succeeded, and
+    /// whether the next event of its key may now go.
+    async fn retry_one(&self, def: &'static InboxDef, c: Claimed) -> Result<(bool, bool)> {
         let inner = &self.inner;
         let failure = if c.expiries >= inner.max_lease_expiries {
             let error =
                 format!("its worker stopped {} times (crashed or hung past the lease) before finishing", c.expiries);
-            Some(Failure { event_id: c.event_id, attempts: c.attempts, next_at: now(), error, dead: true })
+            Some(Failure {
+                event_id: c.event_id,
+                attempts: c.attempts,
+                next_at: now(),
+                error,
+                dead: true,
+                key: c.key.clone(),
+            })
         } else {
-            let (_, mut failures) = self.deliver(def, vec![(c.event_id, c.event)], c.attempts, None).await;
-            failures.pop()
+            match c.event {
+                // No retry can read it: dead at once.
+                Err(e) => Some(Failure {
+                    event_id: c.event_id,
+                    attempts: c.attempts + 1,
+                    next_at: now(),
+                    error: format!("the stored event cannot be read: {e}"),
+                    dead: true,
+                    key: c.key.clone(),
+                }),
+                Ok(event) => {
+                    let out = crate::concurrent::catch_unwind(self.deliver_one(def, event, c.attempts)).await;
+                    let error = match out {
+                        Ok(Ok(_)) => None,
+                        Ok(Err(e)) => Some(e),
+                        Err(panic) => Some(InboxError::retry(format!("handler panicked: {panic}"))),
+                    };
+                    error.map(|error| {
+                        tracing::warn!(inbox = def.name, event = %c.event_id, attempt = c.attempts + 1, error = %error, "herald: delivery failed");
+                        Failure { key: c.key.clone(), ..failure(def, c.event_id, c.attempts + 1, error) }
+                    })
+                }
+            }
         };
+        // A keyed delivery that succeeded or died lets the next event of its key go.
+        let frees = c.key.is_some() && failure.as_ref().is_none_or(|f| f.dead);
         match failure {
             None => {
                 inner.store.complete_retries(&inner.me, &[c.id], &[], now()).await?;
-                Ok(true)
+                Ok((true, frees))
             }
             Some(f) => {
                 inner.store.complete_retries(&inner.me, &[], &[(c.id, f)], now()).await?;
-                Ok(false)
+                Ok((false, frees))
             }
         }
     }
@@ -1223,7 +1666,14 @@ fn failure(def: &InboxDef, event_id: EventId, attempts: u32, error: InboxError) 
     };
     // `time_after` clamps: a `Retry-After` of u64::MAX seconds parks the delivery
     // until the year 9999 instead of overflowing the date arithmetic.
-    Failure { event_id, attempts, next_at: time_after(now(), delay), error: error.message().to_owned(), dead }
+    Failure {
+        event_id,
+        attempts,
+        next_at: time_after(now(), delay),
+        error: error.message().to_owned(),
+        dead,
+        key: None,
+    }
 }
 
 /// Dead letters that failed before this are pruned; `None` when the retention
@@ -1244,10 +1694,14 @@ async fn while_renewing<T, R: Future<Output = ()>>(
     // tokio's millisecond timer wheel and cost ~1 ms of latency per batch.
     let every = lease / 3;
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    // The work goes on while a renewal waits: handlers must not stall holding pooled
+    // connections the renewal is waiting for.
+    let mut renewing: Option<std::pin::Pin<Box<R>>> = None;
     loop {
         tokio::select! {
             out = &mut work => return out,
-            _ = tick.tick() => renew().await,
+            _ = tick.tick(), if renewing.is_none() => renewing = Some(Box::pin(renew())),
+            () = async { if let Some(r) = renewing.as_mut() { r.await } }, if renewing.is_some() => renewing = None,
         }
     }
 }
@@ -1364,6 +1818,7 @@ mod tests {
             backoff: Duration::from_secs(1),
             backoff_max: Duration::MAX,
             timeout: InboxDef::DEFAULT_TIMEOUT,
+            key: Key::Subject,
             start_from: StartFrom::Now,
             handler: |_, _| Box::pin(async { Ok(()) }),
             file: file!(),

@@ -215,6 +215,16 @@ pub enum Error {
     #[error("no dead delivery with id {0}")]
     NoSuchDelivery(i64),
 
+    /// [`Store::retry_key`](crate::Store::retry_key) or
+    /// [`Store::skip_key`](crate::Store::skip_key) named a key that nothing holds back.
+    #[error("key {key:?} of inbox {inbox:?} is not held back")]
+    NotBlocked {
+        /// The inbox.
+        inbox: String,
+        /// The key.
+        key: String,
+    },
+
     /// The dispatcher was configured with values it cannot work with.
     #[error("invalid dispatcher configuration: {0}")]
     InvalidConfig(String),

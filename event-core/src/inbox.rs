@@ -40,6 +40,40 @@ pub enum StartFrom {
     Beginning,
 }
 
+/// What orders an inbox's deliveries (`#[inbox(key = …)]`).
+///
+/// Events of one key reach the inbox in commit order, one at a time, across retries
+/// and crashes: a failing event holds back the later events of its key, and only
+/// of its key, until it succeeds or is dead-lettered. There is no order between
+/// keys: different keys run side by side. A key held back by a failing event is a
+/// *blocked key* ([`Store::blocked_keys`](crate::Store::blocked_keys)).
+#[derive(Debug, Clone, Copy)]
+pub enum Key {
+    /// The event's subject, type and id (the default): per-subject order.
+    Subject,
+    /// The event's actor, type and id.
+    Actor,
+    /// The event's correlation id: a causal chain in order.
+    Correlation,
+    /// No order at all: every event runs on its own, and a failure holds back nothing.
+    None,
+    /// A key computed by a function of the event (`key = path::to::fn`).
+    Fn(fn(&Event) -> String),
+}
+
+impl Key {
+    /// The key of `event`, as stored with its deliveries; `None` for [`Key::None`].
+    pub fn of(&self, event: &Event) -> Option<String> {
+        match self {
+            Key::Subject => Some(format!("{}:{}", event.subject.kind, event.subject.id)),
+            Key::Actor => Some(format!("{}:{}", event.actor.kind, event.actor.id)),
+            Key::Correlation => Some(event.correlation_id.to_string()),
+            Key::None => None,
+            Key::Fn(key) => Some(key(event)),
+        }
+    }
+}
+
 /// One inbox, as `#[inbox]` registers it: const data and function pointers only.
 #[derive(Debug)]
 pub struct InboxDef {
@@ -65,6 +99,8 @@ pub struct InboxDef {
     /// How long one delivery may run: a handler still running then is cancelled, and
     /// the delivery fails like an `Err` (retried, its attempt counted).
     pub timeout: Duration,
+    /// What orders its deliveries: events of one key go one at a time, in commit order.
+    pub key: Key,
     /// Where the inbox starts when it is first seen.
     pub start_from: StartFrom,
     /// The function.

@@ -1069,13 +1069,13 @@ fn chain(e: &dyn std::error::Error) -> String {
 /// registered at all, and the registered inboxes for the event's subject.
 ///
 /// ```
-/// # use event_core::inbox::{Context, HandlerFuture, InboxDef, StartFrom};
+/// # use event_core::inbox::{Context, HandlerFuture, InboxDef, Key, StartFrom};
 /// # use event_core::Event;
 /// # fn noop<'a>(_: &'a Event, _: &'a Context) -> HandlerFuture<'a> { Box::pin(async { Ok(()) }) }
 /// # const fn def(name: &'static str, subject: Option<&'static str>, actions: &'static [&'static str]) -> InboxDef {
 /// #     let (backoff, backoff_max) = (std::time::Duration::from_secs(1), std::time::Duration::from_secs(60));
 /// #     InboxDef { name, renamed_from: None, subject, actions, filter: None, max_attempts: 10, backoff, backoff_max, timeout: backoff,
-/// #                start_from: StartFrom::Now, handler: noop, file: file!(), line: line!() }
+/// #                key: Key::Subject, start_from: StartFrom::Now, handler: noop, file: file!(), line: line!() }
 /// # }
 /// # static EMAILS: InboxDef = def("app::emails", Some("issue"), &["assigned", "commented"]);
 /// # static AUDIT: InboxDef = def("app::audit", None, &[]);

@@ -4,9 +4,10 @@
 use chrono::{DateTime, Utc};
 
 use super::{Pool, Store, postgres, sqlite};
-use crate::dispatch::{Claimed, DeadLetter, Failure, Lease, Mark, Relet, View};
+use crate::dispatch::{BlockedKey, Claimed, DeadLetter, Failure, Lease, Mark, Relet, View};
 use crate::error::Result;
 use crate::inbox::InboxDef;
+use crate::model::EventId;
 
 macro_rules! on_backend {
     ($store:expr, $f:ident($($arg:expr),* $(,)?)) => {
@@ -181,6 +182,43 @@ impl Store {
 
     pub(crate) async fn release_leases(&self, me: &str) -> Result<()> {
         on_backend!(self, release(me))
+    }
+
+    /// Which of `keys` are held back in `inbox`, and whether any key of it is.
+    pub(crate) async fn blocked_among(&self, inbox: &str, keys: &[&str]) -> Result<(bool, Vec<String>)> {
+        on_backend!(self, blocked_among(inbox, keys))
+    }
+
+    /// Keys held back by a failing event, of one inbox or of all: each with its head
+    /// (the event that failed, its attempts, last error and next attempt) and how many
+    /// events wait behind it. Oldest first per inbox.
+    pub async fn blocked_keys(&self, inbox: Option<&str>) -> Result<Vec<BlockedKey>> {
+        on_backend!(self, blocked_keys(inbox))
+    }
+
+    /// Retries the head of a held-back key now, without waiting for its backoff; returns
+    /// the head's event. [`Error::NotBlocked`](crate::Error::NotBlocked) if nothing holds
+    /// the key back.
+    pub async fn retry_key(&self, inbox: &str, key: &str) -> Result<EventId> {
+        self.unblock_key(inbox, key, false).await
+    }
+
+    /// Gives up the head of a held-back key: it becomes a dead letter (its last error
+    /// prefixed with "skipped by hand"), and the events behind it go on. Returns the
+    /// skipped event. [`Error::NotBlocked`](crate::Error::NotBlocked) if nothing holds the
+    /// key back.
+    pub async fn skip_key(&self, inbox: &str, key: &str) -> Result<EventId> {
+        self.unblock_key(inbox, key, true).await
+    }
+
+    async fn unblock_key(&self, inbox: &str, key: &str, skip: bool) -> Result<EventId> {
+        match on_backend!(self, unblock_key(inbox, key, skip, crate::model::now()))? {
+            Some(head) => {
+                self.poke();
+                Ok(head)
+            }
+            None => Err(crate::Error::NotBlocked { inbox: inbox.to_owned(), key: key.to_owned() }),
+        }
     }
 
     /// Dead deliveries, newest first, of one inbox or of all.

@@ -17,6 +17,7 @@ pub(crate) struct Options {
     pub(crate) name: Option<LitStr>,
     pub(crate) renamed_from: Option<LitStr>,
     pub(crate) filter: Option<Path>,
+    pub(crate) key: Option<Key>,
     pub(crate) max_attempts: Option<MaxAttempts>,
     pub(crate) backoff: Option<DurationValue>,
     pub(crate) backoff_max: Option<DurationValue>,
@@ -51,12 +52,23 @@ pub(crate) enum StartFrom {
     Beginning,
 }
 
-const OPTIONS: [&str; 11] = [
+/// `key = "subject" | "actor" | "correlation" | "none"` or `key = path::to::fn`.
+pub(crate) enum Key {
+    Subject,
+    Actor,
+    Correlation,
+    None,
+    /// The user's `fn(&Event) -> String`, as written (its span is where a wrong type is reported).
+    Fn(Path),
+}
+
+const OPTIONS: [&str; 12] = [
     "subject",
     "actions",
     "name",
     "renamed_from",
     "filter",
+    "key",
     "max_attempts",
     "backoff",
     "backoff_max",
@@ -72,6 +84,8 @@ pub(crate) fn options(args: TokenStream, cx: &mut Errors) -> Options {
     let mut name = Once::new("inbox", "name");
     let mut renamed_from = Once::new("inbox", "renamed_from");
     let mut filter = Once::new("inbox", "filter");
+    // Not `key`: that name is taken below by the option being read.
+    let mut order_key = Once::new("inbox", "key");
     let mut max_attempts = Once::new("inbox", "max_attempts");
     let mut backoff = Once::new("inbox", "backoff");
     let mut backoff_max = Once::new("inbox", "backoff_max");
@@ -103,6 +117,10 @@ pub(crate) fn options(args: TokenStream, cx: &mut Errors) -> Options {
             } else if key.is_ident("filter") {
                 if let Some(value) = cx.ok(fn_path(&meta)) {
                     filter.set(cx, key, value);
+                }
+            } else if key.is_ident("key") {
+                if let Some(value) = cx.ok(key_value(&meta)) {
+                    order_key.set(cx, key, value);
                 }
             } else if key.is_ident("max_attempts") {
                 if let Some(value) = cx.ok(attempts(&meta)) {
@@ -148,6 +166,7 @@ pub(crate) fn options(args: TokenStream, cx: &mut Errors) -> Options {
         name: name.into_inner(),
         renamed_from: renamed_from.into_inner(),
         filter: filter.into_inner(),
+        key: order_key.into_inner(),
         max_attempts: max_attempts.into_inner(),
         backoff: backoff.into_inner(),
         backoff_max: backoff_max.into_inner(),
@@ -307,6 +326,29 @@ fn start(meta: &ParseNestedMeta<'_>) -> syn::Result<StartFrom> {
     }
 }
 
+/// What `key = …` accepts, for the messages.
+const KEY_FORMS: &str = "key = \"subject\" (the default: one subject's events in commit order), \"actor\", \
+                         \"correlation\", \"none\" (no order) or key = path::to::fn (a fn(&Event) -> String)";
+
+/// `key = "subject" | "actor" | "correlation" | "none"` or `key = path::to::fn`.
+fn key_value(meta: &ParseNestedMeta<'_>) -> syn::Result<Key> {
+    match meta.value()?.parse::<Expr>()? {
+        Expr::Lit(ExprLit { lit: Lit::Str(lit), .. }) => match lit.value().as_str() {
+            "subject" => Ok(Key::Subject),
+            "actor" => Ok(Key::Actor),
+            "correlation" => Ok(Key::Correlation),
+            "none" => Ok(Key::None),
+            other => Err(syn::Error::new(lit.span(), format!("unknown key \"{other}\"; write {KEY_FORMS}"))),
+        },
+        Expr::Path(p) if p.qself.is_none() => Ok(Key::Fn(p.path)),
+        closure @ Expr::Closure(_) => Err(syn::Error::new_spanned(
+            closure,
+            "expected the path of a function, not a closure: key = path::to::fn, where fn(&Event) -> String",
+        )),
+        other => Err(syn::Error::new_spanned(other, format!("expected a key: {KEY_FORMS}"))),
+    }
+}
+
 /// The option closest to a misspelt one, if any is close.
 fn closest(unknown: &str) -> Option<&'static str> {
     OPTIONS
@@ -359,7 +401,49 @@ mod tests {
     fn suggestions() {
         assert_eq!(closest("action"), Some("actions"));
         assert_eq!(closest("backof"), Some("backoff"));
+        assert_eq!(closest("keys"), Some("key"));
         assert_eq!(closest("colour"), None);
         assert_eq!(closest("x"), None);
+    }
+
+    /// The options read from `#[inbox(<args>)]`, or the messages of what was reported.
+    fn parse(args: TokenStream) -> Result<Options, Vec<String>> {
+        let mut cx = Errors::new();
+        let options = options(args, &mut cx);
+        cx.finish().map(|()| options).map_err(|e| e.into_iter().map(|e| e.to_string()).collect())
+    }
+
+    fn key(args: TokenStream) -> Option<Key> {
+        parse(args).unwrap_or_else(|e| panic!("{e:?}")).key
+    }
+
+    #[test]
+    fn keys() {
+        use quote::quote;
+
+        assert!(key(quote!()).is_none());
+        assert!(matches!(key(quote!(key = "subject")), Some(Key::Subject)));
+        assert!(matches!(key(quote!(key = "actor")), Some(Key::Actor)));
+        assert!(matches!(key(quote!(key = "correlation")), Some(Key::Correlation)));
+        assert!(matches!(key(quote!(key = "none")), Some(Key::None)));
+        match key(quote!(subject = "issue", key = crate::keys::tenant, max_attempts = 3)) {
+            Some(Key::Fn(path)) => assert_eq!(path_name(&path), "crate::keys::tenant"),
+            _ => panic!("expected Key::Fn"),
+        }
+
+        let errors = |args| parse(args).err().unwrap_or_default();
+        assert_eq!(errors(quote!(key = "subjet")), [format!("unknown key \"subjet\"; write {KEY_FORMS}")]);
+        assert_eq!(errors(quote!(key = 3)), [format!("expected a key: {KEY_FORMS}")]);
+        assert_eq!(errors(quote!(key = "Actor")), [format!("unknown key \"Actor\"; write {KEY_FORMS}")]);
+        assert_eq!(
+            errors(quote!(key = |e: &Event| e.action.clone())),
+            ["expected the path of a function, not a closure: key = path::to::fn, where fn(&Event) -> String"]
+        );
+        assert_eq!(
+            errors(quote!(key = "actor", key = "none")),
+            ["duplicate option `key` in #[inbox(…)]; give it once"]
+        );
+        let misspelt = errors(quote!(kye = "actor"));
+        assert!(matches!(&misspelt[..], [one] if one.contains("did you mean `key`?")), "{misspelt:?}");
     }
 }

@@ -6,7 +6,7 @@ use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 
 use super::ast::Inbox;
-use super::attr::{DurationValue, StartFrom};
+use super::attr::{DurationValue, Key, StartFrom};
 use crate::common::{runtime_path, wrap};
 
 pub(crate) fn expand(inbox: &Inbox<'_>) -> TokenStream {
@@ -48,6 +48,18 @@ pub(crate) fn expand(inbox: &Inbox<'_>) -> TokenStream {
         .filter
         .as_ref()
         .map_or_else(|| none.clone(), |path| quote_spanned!(path.span()=> ::core::option::Option::Some(#path)));
+    // Spanned at the user's path, like the filter, `Key::Fn`'s own path included: a fn
+    // of the wrong type is reported there, not at the whole attribute.
+    let key = match &options.key {
+        None | Some(Key::Subject) => quote!(#module::Key::Subject),
+        Some(Key::Actor) => quote!(#module::Key::Actor),
+        Some(Key::Correlation) => quote!(#module::Key::Correlation),
+        Some(Key::None) => quote!(#module::Key::None),
+        Some(Key::Fn(path)) => {
+            let module = respan(module.clone(), path.span());
+            quote_spanned!(path.span()=> #module::Key::Fn(#path))
+        }
+    };
     let max_attempts = options.max_attempts.as_ref().map_or_else(
         || quote!(#module::InboxDef::DEFAULT_MAX_ATTEMPTS),
         |attempts| Literal::u32_unsuffixed(attempts.value).into_token_stream(),
@@ -83,6 +95,7 @@ pub(crate) fn expand(inbox: &Inbox<'_>) -> TokenStream {
                 backoff: #backoff,
                 backoff_max: #backoff_max,
                 timeout: #timeout,
+                key: #key,
                 start_from: #start_from,
                 handler: #wrapper,
                 file: #file,
@@ -95,6 +108,17 @@ pub(crate) fn expand(inbox: &Inbox<'_>) -> TokenStream {
         #item
         #registration
     }
+}
+
+/// `tokens` with every span set to `span` (for a path: no groups to descend into).
+fn respan(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut token| {
+            token.set_span(span);
+            token
+        })
+        .collect()
 }
 
 fn duration(value: Option<&DurationValue>, default: TokenStream) -> TokenStream {

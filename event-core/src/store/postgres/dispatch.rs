@@ -19,7 +19,7 @@ use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row};
 
 use super::{EVENT_COLUMNS, decode};
-use crate::dispatch::{Batch, Claimed, DeadLetter, Failure, Lease, LeaseRow, Mark, Position, Relet, View};
+use crate::dispatch::{Batch, BlockedKey, Claimed, DeadLetter, Failure, Lease, LeaseRow, Mark, Position, Relet, View};
 use crate::error::{Error, Result};
 use crate::inbox::InboxDef;
 use crate::model::{Event, EventId};
@@ -417,10 +417,13 @@ pub(crate) async fn advance(
     let next: Vec<DateTime<Utc>> = failures.iter().map(|f| f.next_at).collect();
     let errors: Vec<&str> = failures.iter().map(|f| f.error.as_str()).collect();
     let dead: Vec<bool> = failures.iter().map(|f| f.dead).collect();
+    let keys: Vec<Option<&str>> = failures.iter().map(|f| f.key.as_deref()).collect();
+    // In the order given (commit order): the rows of one key are claimed oldest first.
     sqlx::query(
-        "INSERT INTO herald_deliveries (inbox, event_id, attempts, next_at, last_error, dead, created_at, updated_at) \
-         SELECT $1, e, a, n, m, d, $7, $7 FROM UNNEST($2::int8[], $3::int4[], $4::timestamptz[], $5::text[], $6::bool[]) \
-         AS t(e, a, n, m, d) ON CONFLICT (inbox, event_id) DO NOTHING",
+        "INSERT INTO herald_deliveries (inbox, event_id, attempts, next_at, last_error, dead, key, created_at, \
+         updated_at) SELECT $1, e, a, n, m, d, k, $7, $7 FROM UNNEST($2::int8[], $3::int4[], $4::timestamptz[], \
+         $5::text[], $6::bool[], $8::text[]) WITH ORDINALITY AS t(e, a, n, m, d, k, o) ORDER BY o \
+         ON CONFLICT (inbox, event_id) DO NOTHING",
     )
     .bind(name)
     .bind(ids)
@@ -429,6 +432,7 @@ pub(crate) async fn advance(
     .bind(errors)
     .bind(dead)
     .bind(now)
+    .bind(keys)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -446,10 +450,12 @@ pub(crate) async fn claim_retries(
     let rows = sqlx::query(
         "UPDATE herald_deliveries d SET lease_owner = $1, lease_until = $2, \
          expiries = d.expiries + CASE WHEN d.lease_until IS NULL THEN 0 ELSE 1 END \
-         FROM (SELECT id FROM herald_deliveries WHERE NOT dead AND next_at <= $3 \
+         FROM (SELECT id FROM herald_deliveries r WHERE NOT dead AND next_at <= $3 \
                AND (lease_until IS NULL OR lease_until < $3) AND inbox = ANY($5) \
+               AND (key IS NULL OR NOT EXISTS (SELECT 1 FROM herald_deliveries h WHERE h.inbox = r.inbox \
+                    AND h.key = r.key AND NOT h.dead AND h.id < r.id)) \
                ORDER BY next_at LIMIT $4 FOR UPDATE SKIP LOCKED) c \
-         WHERE d.id = c.id RETURNING d.id, d.inbox, d.event_id, d.attempts, d.expiries",
+         WHERE d.id = c.id RETURNING d.id, d.inbox, d.event_id, d.attempts, d.expiries, d.key",
     )
     .bind(me)
     .bind(until)
@@ -486,9 +492,78 @@ pub(crate) async fn claim_retries(
                 event,
                 attempts: r.try_get::<i32, _>("attempts")? as u32,
                 expiries: r.try_get::<i32, _>("expiries")? as u32,
+                key: r.try_get("key")?,
             })
         })
         .collect()
+}
+
+/// Which of `keys` are held back in `inbox` (a live delivery row of theirs), and
+/// whether any key of the inbox is.
+pub(crate) async fn blocked_among(pool: &PgPool, inbox: &str, keys: &[&str]) -> Result<(bool, Vec<String>)> {
+    let row = sqlx::query(
+        "SELECT EXISTS (SELECT 1 FROM herald_deliveries WHERE inbox = $1 AND key IS NOT NULL AND NOT dead) AS any, \
+         ARRAY(SELECT DISTINCT key FROM herald_deliveries WHERE inbox = $1 AND NOT dead AND key = ANY($2)) AS keys",
+    )
+    .bind(inbox)
+    .bind(keys)
+    .fetch_one(pool)
+    .await?;
+    Ok((row.try_get("any")?, row.try_get("keys")?))
+}
+
+/// The head delivery of every key held back, with the count waiting behind it.
+pub(crate) async fn blocked_keys(pool: &PgPool, inbox: Option<&str>) -> Result<Vec<BlockedKey>> {
+    let rows = sqlx::query(
+        "SELECT d.id, d.inbox, d.key, d.event_id, d.attempts, d.last_error, d.next_at, \
+         (SELECT count(*) FROM herald_deliveries w WHERE w.inbox = d.inbox AND w.key = d.key AND NOT w.dead \
+          AND w.id > d.id) AS waiting \
+         FROM herald_deliveries d WHERE NOT d.dead AND d.key IS NOT NULL AND ($1::text IS NULL OR d.inbox = $1) \
+         AND NOT EXISTS (SELECT 1 FROM herald_deliveries h WHERE h.inbox = d.inbox AND h.key = d.key \
+                         AND NOT h.dead AND h.id < d.id) \
+         ORDER BY d.inbox, d.id",
+    )
+    .bind(inbox)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(BlockedKey {
+                inbox: r.try_get("inbox")?,
+                key: r.try_get("key")?,
+                delivery: r.try_get("id")?,
+                head: EventId(r.try_get("event_id")?),
+                attempts: r.try_get::<i32, _>("attempts")? as u32,
+                last_error: r.try_get("last_error")?,
+                next_at: r.try_get("next_at")?,
+                waiting: r.try_get::<i64, _>("waiting")? as u64,
+            })
+        })
+        .collect()
+}
+
+/// The head of a held-back key: retried now (`skip`: false), or dead-lettered so the
+/// events behind it go on (`skip`: true). The head's event id, if the key was held.
+pub(crate) async fn unblock_key(
+    pool: &PgPool,
+    inbox: &str,
+    key: &str,
+    skip: bool,
+    now: DateTime<Utc>,
+) -> Result<Option<EventId>> {
+    let id: Option<i64> = sqlx::query_scalar(
+        "UPDATE herald_deliveries SET next_at = $3, updated_at = $3, dead = $4, \
+         last_error = CASE WHEN $4 THEN 'skipped by hand: ' || last_error ELSE last_error END \
+         WHERE id = (SELECT id FROM herald_deliveries WHERE inbox = $1 AND key = $2 AND NOT dead ORDER BY id LIMIT 1) \
+         RETURNING event_id",
+    )
+    .bind(inbox)
+    .bind(key)
+    .bind(now)
+    .bind(skip)
+    .fetch_optional(pool)
+    .await?;
+    Ok(id.map(EventId))
 }
 
 pub(crate) async fn renew_retries(pool: &PgPool, me: &str, ids: &[i64], until: DateTime<Utc>) -> Result<()> {
@@ -554,7 +629,7 @@ pub(crate) async fn release(pool: &PgPool, me: &str) -> Result<()> {
 
 pub(crate) async fn dead_letters(pool: &PgPool, inbox: Option<&str>) -> Result<Vec<DeadLetter>> {
     let rows = sqlx::query(
-        "SELECT id, inbox, event_id, attempts, expiries, last_error, updated_at FROM herald_deliveries \
+        "SELECT id, inbox, event_id, attempts, expiries, last_error, updated_at, key FROM herald_deliveries \
          WHERE dead AND ($1::text IS NULL OR inbox = $1) ORDER BY updated_at DESC, id DESC",
     )
     .bind(inbox)
@@ -570,6 +645,7 @@ pub(crate) async fn dead_letters(pool: &PgPool, inbox: Option<&str>) -> Result<V
                 expiries: r.try_get::<i32, _>("expiries")? as u32,
                 last_error: r.try_get("last_error")?,
                 failed_at: r.try_get("updated_at")?,
+                key: r.try_get("key")?,
             })
         })
         .collect()

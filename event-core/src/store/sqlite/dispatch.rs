@@ -9,7 +9,7 @@ use sqlx::sqlite::SqlitePool;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{EVENT_COLUMNS, decode, decode_time, encode_time};
-use crate::dispatch::{Batch, Claimed, DeadLetter, Failure, Lease, LeaseRow, Mark, Position, Relet, View};
+use crate::dispatch::{Batch, BlockedKey, Claimed, DeadLetter, Failure, Lease, LeaseRow, Mark, Position, Relet, View};
 use crate::error::{Error, Result};
 use crate::inbox::InboxDef;
 use crate::model::EventId;
@@ -276,7 +276,7 @@ pub(crate) async fn advance(
     for f in failures {
         sqlx::query(
             "INSERT INTO herald_deliveries (inbox, event_id, attempts, next_at, last_error, dead, created_at, \
-             updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (inbox, event_id) DO NOTHING",
+             updated_at, key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (inbox, event_id) DO NOTHING",
         )
         .bind(name)
         .bind(f.event_id.0)
@@ -286,6 +286,7 @@ pub(crate) async fn advance(
         .bind(f.dead)
         .bind(encode_time(now))
         .bind(encode_time(now))
+        .bind(f.key.as_deref())
         .execute(&mut *tx)
         .await?;
     }
@@ -304,10 +305,13 @@ pub(crate) async fn claim_retries(
     let rows = sqlx::query(
         "UPDATE herald_deliveries SET lease_owner = ?1, lease_until = ?2, \
          expiries = expiries + (lease_until IS NOT NULL) \
-         WHERE id IN (SELECT id FROM herald_deliveries WHERE dead = 0 AND next_at <= ?3 \
+         WHERE id IN (SELECT id FROM herald_deliveries r WHERE dead = 0 AND next_at <= ?3 \
          AND (lease_until IS NULL OR lease_until < ?3) \
-         AND inbox IN (SELECT value FROM json_each(?5)) ORDER BY next_at LIMIT ?4) \
-         RETURNING id, inbox, event_id, attempts, expiries",
+         AND inbox IN (SELECT value FROM json_each(?5)) \
+         AND (key IS NULL OR NOT EXISTS (SELECT 1 FROM herald_deliveries h WHERE h.inbox = r.inbox \
+              AND h.key = r.key AND h.dead = 0 AND h.id < r.id)) \
+         ORDER BY next_at LIMIT ?4) \
+         RETURNING id, inbox, event_id, attempts, expiries, key",
     )
     .bind(me)
     .bind(encode_time(until))
@@ -331,9 +335,88 @@ pub(crate) async fn claim_retries(
             event,
             attempts: r.try_get::<i64, _>("attempts")? as u32,
             expiries: r.try_get::<i64, _>("expiries")? as u32,
+            key: r.try_get("key")?,
         });
     }
     Ok(claimed)
+}
+
+/// Which of `keys` are held back in `inbox` (a live delivery row of theirs), and
+/// whether any key of the inbox is.
+pub(crate) async fn blocked_among(pool: &SqlitePool, inbox: &str, keys: &[&str]) -> Result<(bool, Vec<String>)> {
+    let any: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM herald_deliveries WHERE inbox = ? AND key IS NOT NULL AND dead = 0)",
+    )
+    .bind(inbox)
+    .fetch_one(pool)
+    .await?;
+    if !any {
+        return Ok((false, Vec::new()));
+    }
+    let keys: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT key FROM herald_deliveries WHERE inbox = ?1 AND dead = 0 \
+         AND key IN (SELECT value FROM json_each(?2))",
+    )
+    .bind(inbox)
+    .bind(serde_json::to_string(keys).unwrap_or_else(|_| "[]".to_owned()))
+    .fetch_all(pool)
+    .await?;
+    Ok((true, keys))
+}
+
+/// The head delivery of every key held back, with the count waiting behind it.
+pub(crate) async fn blocked_keys(pool: &SqlitePool, inbox: Option<&str>) -> Result<Vec<BlockedKey>> {
+    let rows = sqlx::query(
+        "SELECT d.id, d.inbox, d.key, d.event_id, d.attempts, d.last_error, d.next_at, \
+         (SELECT count(*) FROM herald_deliveries w WHERE w.inbox = d.inbox AND w.key = d.key AND w.dead = 0 \
+          AND w.id > d.id) AS waiting \
+         FROM herald_deliveries d WHERE d.dead = 0 AND d.key IS NOT NULL AND (?1 IS NULL OR d.inbox = ?1) \
+         AND NOT EXISTS (SELECT 1 FROM herald_deliveries h WHERE h.inbox = d.inbox AND h.key = d.key \
+                         AND h.dead = 0 AND h.id < d.id) \
+         ORDER BY d.inbox, d.id",
+    )
+    .bind(inbox)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let at: String = r.try_get("next_at")?;
+            Ok(BlockedKey {
+                inbox: r.try_get("inbox")?,
+                key: r.try_get("key")?,
+                delivery: r.try_get("id")?,
+                head: EventId(r.try_get("event_id")?),
+                attempts: r.try_get::<i64, _>("attempts")? as u32,
+                last_error: r.try_get("last_error")?,
+                next_at: decode_time(0, &at)?,
+                waiting: r.try_get::<i64, _>("waiting")? as u64,
+            })
+        })
+        .collect()
+}
+
+/// The head of a held-back key: retried now (`skip`: false), or dead-lettered so the
+/// events behind it go on (`skip`: true). The head's event id, if the key was held.
+pub(crate) async fn unblock_key(
+    pool: &SqlitePool,
+    inbox: &str,
+    key: &str,
+    skip: bool,
+    now: DateTime<Utc>,
+) -> Result<Option<EventId>> {
+    let id: Option<i64> = sqlx::query_scalar(
+        "UPDATE herald_deliveries SET next_at = ?3, updated_at = ?3, dead = ?4, \
+         last_error = CASE WHEN ?4 THEN 'skipped by hand: ' || last_error ELSE last_error END \
+         WHERE id = (SELECT id FROM herald_deliveries WHERE inbox = ?1 AND key = ?2 AND dead = 0 ORDER BY id LIMIT 1) \
+         RETURNING event_id",
+    )
+    .bind(inbox)
+    .bind(key)
+    .bind(encode_time(now))
+    .bind(skip)
+    .fetch_optional(pool)
+    .await?;
+    Ok(id.map(EventId))
 }
 
 pub(crate) async fn renew_retries(pool: &SqlitePool, me: &str, ids: &[i64], until: DateTime<Utc>) -> Result<()> {
@@ -402,7 +485,7 @@ pub(crate) async fn release(pool: &SqlitePool, me: &str) -> Result<()> {
 
 pub(crate) async fn dead_letters(pool: &SqlitePool, inbox: Option<&str>) -> Result<Vec<DeadLetter>> {
     let rows = sqlx::query(
-        "SELECT id, inbox, event_id, attempts, expiries, last_error, updated_at FROM herald_deliveries \
+        "SELECT id, inbox, event_id, attempts, expiries, last_error, updated_at, key FROM herald_deliveries \
          WHERE dead = 1 AND (?1 IS NULL OR inbox = ?1) ORDER BY updated_at DESC, id DESC",
     )
     .bind(inbox)
@@ -419,6 +502,7 @@ pub(crate) async fn dead_letters(pool: &SqlitePool, inbox: Option<&str>) -> Resu
                 expiries: r.try_get::<i64, _>("expiries")? as u32,
                 last_error: r.try_get("last_error")?,
                 failed_at: decode_time(0, &at)?,
+                key: r.try_get("key")?,
             })
         })
         .collect()
