@@ -17,7 +17,9 @@
 //! 5. commit-to-inbox latency (PostgreSQL): [`latency`], also (5b) with the feed
 //!    scenario's large table in place;
 //! 6. a 20-item feed page at growing table sizes: [`feed`];
-//! 7. dispatcher peak RSS draining a large backlog (PostgreSQL): [`memory`].
+//! 7. dispatcher peak RSS draining a large backlog (PostgreSQL): [`memory`];
+//! 8. noop dispatch as an outside harness measured it (PostgreSQL: one event per
+//!    transaction, fresh and stale statistics, new warmed pools): [`harness`].
 //!
 //! Progress goes to stderr; the tables per backend go to stdout at the end of each backend.
 
@@ -32,6 +34,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 mod dispatch;
 #[path = "herald/feed.rs"]
 mod feed;
+#[path = "herald/harness.rs"]
+mod harness;
 #[path = "herald/latency.rs"]
 mod latency;
 #[path = "herald/memory.rs"]
@@ -58,6 +62,7 @@ struct Config {
     feed_sizes: Vec<usize>,
     feed_rounds: usize,
     feed_queries: usize,
+    harness_backlog: usize,
 }
 
 fn config() -> Config {
@@ -76,6 +81,7 @@ fn config() -> Config {
             feed_sizes: vec![10_000],
             feed_rounds: 2,
             feed_queries: 50,
+            harness_backlog: 1000,
         }
     } else {
         Config {
@@ -92,6 +98,7 @@ fn config() -> Config {
             feed_sizes: vec![10_000, 100_000, 1_000_000],
             feed_rounds: 5,
             feed_queries: 200,
+            harness_backlog: 20_000,
         }
     }
 }
@@ -346,7 +353,7 @@ async fn record_backlog(
 }
 
 /// Whether `HERALD_BENCH_ONLY` (a comma-separated list of scenario names: record,
-/// transition, dispatch, latency, feed, memory) selects `scenario`; unset selects all.
+/// transition, dispatch, latency, harness, feed, memory) selects `scenario`; unset selects all.
 fn wanted(scenario: &str) -> bool {
     std::env::var("HERALD_BENCH_ONLY").map_or(true, |only| only.split(',').any(|s| s.trim() == scenario))
 }
@@ -374,6 +381,10 @@ async fn run_backend(name: &str, backend: &Backend, cfg: &Config) -> Result<(), 
     }
     if backend.is_postgres() && wanted("latency") {
         latency::run(backend, cfg, &mut report).await?;
+        progress();
+    }
+    if backend.is_postgres() && wanted("harness") {
+        harness::run(backend, cfg, &mut report).await?;
         progress();
     }
     let memory = backend.is_postgres() && wanted("memory");

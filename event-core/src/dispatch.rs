@@ -288,7 +288,23 @@ pub(crate) enum Relet {
     /// the new position in memory until it is worth a write).
     Empty,
     /// Leased (at this epoch), with the next batch.
-    Leased(Batch, i64),
+    Leased(Scan, i64),
+    /// Nothing for the inbox in a full scan: no lease taken, nothing written; the next
+    /// read starts after the scan.
+    Skipped(Scan),
+}
+
+/// What one read of an inbox's next events found: the events it wants, and how far
+/// the read looked. A read walks at most `limit` events in commit order whatever the
+/// inbox wants, so its plan does not depend on how many of them match (PostgreSQL).
+#[derive(Debug, Default)]
+pub(crate) struct Scan {
+    /// The events the inbox wants, in commit order.
+    pub(crate) events: Batch,
+    /// The last event looked at, wanted or not.
+    pub(crate) last: Option<Position>,
+    /// Events looked at: the read was full (more may follow) if it is the limit.
+    pub(crate) scanned: usize,
 }
 
 /// Events read for an inbox, in commit order: each decoded alone, so one unreadable
@@ -1239,6 +1255,12 @@ impl Dispatcher {
                         self.remember(def.name, Some(Known { seen: passed, ..k.clone() }));
                         return Ok(Pass::default());
                     }
+                    Relet::Skipped(scan) => {
+                        // Nothing wanted in a full scan: look further at once.
+                        let seen = k.seen.after(view, scan.last, true);
+                        self.remember(def.name, Some(Known { seen, ..k.clone() }));
+                        return Ok(Pass { more: true, ..Pass::default() });
+                    }
                     Relet::Leased(batch, epoch) => Some((k.seen.clone(), batch, epoch)),
                 }
             }
@@ -1297,7 +1319,7 @@ impl Dispatcher {
         &self,
         def: &'static InboxDef,
         lease: Lease,
-        mut prefetched: Option<Batch>,
+        mut prefetched: Option<Scan>,
         view: &View,
         live: Option<Live<'_>>,
         mut blocked: bool,
@@ -1336,10 +1358,11 @@ impl Dispatcher {
             // Read while the handlers have room and the window is not too far ahead.
             while !stopping && w.unstarted() < read_ahead && w.slots.len() < window_cap && !w.cursor.caught_up(&view) {
                 let limit = self.batch_limit(def.name)?;
-                let batch = match prefetched.take() {
-                    Some(batch) => batch,
+                let scan = match prefetched.take() {
+                    Some(scan) => scan,
                     None => store.read_batch(def, &w.cursor, &view, limit).await?,
                 };
+                let batch = scan.events;
                 let held = if blocked && !matches!(def.key, Key::None) && !batch.is_empty() {
                     let keys = batch_keys(def, &batch);
                     let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
@@ -1349,7 +1372,7 @@ impl Dispatcher {
                 } else {
                     HashSet::new()
                 };
-                let next = w.cursor.after(&view, batch.last().map(|(pos, _)| *pos), batch.len() >= limit);
+                let next = w.cursor.after(&view, scan.last, scan.scanned >= limit);
                 for (pos, event) in batch {
                     let after = w.cursor.after(&view, Some(pos), true);
                     if poison {

@@ -126,7 +126,7 @@ impl Store {
         after: &Mark,
         view: &View,
         limit: usize,
-    ) -> Result<crate::dispatch::Batch> {
+    ) -> Result<crate::dispatch::Scan> {
         on_backend!(self, read_batch(def, after, view, limit))
     }
 

@@ -9,7 +9,7 @@ use sqlx::sqlite::SqlitePool;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{EVENT_COLUMNS, decode, decode_time, encode_time};
-use crate::dispatch::{Batch, BlockedKey, Claimed, DeadLetter, Failure, Lease, LeaseRow, Mark, Position, Relet, View};
+use crate::dispatch::{BlockedKey, Claimed, DeadLetter, Failure, Lease, LeaseRow, Mark, Position, Relet, Scan, View};
 use crate::error::{Error, Result};
 use crate::inbox::InboxDef;
 use crate::model::EventId;
@@ -176,13 +176,13 @@ pub(crate) async fn relet_and_read(
 ) -> Result<Relet> {
     // Read first: the batch is fixed by `from` and `view`, and an empty one needs no lease.
     let batch = read_batch(pool, def, from, view, limit).await?;
-    if batch.is_empty() && passed.is_none() {
+    if batch.events.is_empty() && passed.is_none() {
         return Ok(Relet::Empty);
     }
     let Some(epoch) = relet(pool, def.name, me, checkpoint, now, lease).await? else {
         return Ok(Relet::Changed);
     };
-    if !batch.is_empty() {
+    if !batch.events.is_empty() {
         return Ok(Relet::Leased(batch, epoch));
     }
     let passed = passed.unwrap_or(from);
@@ -218,9 +218,13 @@ pub(crate) async fn read_batch(
     after: &Mark,
     view: &View,
     limit: usize,
-) -> Result<Batch> {
+) -> Result<Scan> {
+    // SQLite plans each statement alike (the primary key, in order), whatever the
+    // values: the read looks only at wanted events, and the last one is how far it looked.
     let rows = batch_query("", def, after, view, limit).build().fetch_all(pool).await?;
-    rows.iter().map(|r| Ok((Position { tx: 0, id: r.try_get("id")? }, decode(r)))).collect()
+    let events: crate::dispatch::Batch =
+        rows.iter().map(|r| Ok((Position { tx: 0, id: r.try_get("id")? }, decode(r)))).collect::<Result<_>>()?;
+    Ok(Scan { last: events.last().map(|(pos, _)| *pos), scanned: events.len(), events })
 }
 
 pub(crate) async fn explain_batch(
