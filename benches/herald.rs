@@ -19,7 +19,9 @@
 //! 6. a 20-item feed page at growing table sizes: [`feed`];
 //! 7. dispatcher peak RSS draining a large backlog (PostgreSQL): [`memory`];
 //! 8. noop dispatch as an outside harness measured it (PostgreSQL: one event per
-//!    transaction, fresh and stale statistics, new warmed pools): [`harness`].
+//!    transaction, fresh and stale statistics, new warmed pools): [`harness`];
+//! 9. a slow inbox (50 ms handlers, with and without a 2 s tail) under 1,000 events/s
+//!    offered: [`slow`].
 //!
 //! Progress goes to stderr; the tables per backend go to stdout at the end of each backend.
 
@@ -42,6 +44,8 @@ mod latency;
 mod memory;
 #[path = "herald/record.rs"]
 mod record;
+#[path = "herald/slow.rs"]
+mod slow;
 #[path = "herald/transition.rs"]
 mod transition;
 
@@ -63,6 +67,7 @@ struct Config {
     feed_rounds: usize,
     feed_queries: usize,
     harness_backlog: usize,
+    slow_secs: u64,
 }
 
 fn config() -> Config {
@@ -82,6 +87,7 @@ fn config() -> Config {
             feed_rounds: 2,
             feed_queries: 50,
             harness_backlog: 1000,
+            slow_secs: 1,
         }
     } else {
         Config {
@@ -99,6 +105,7 @@ fn config() -> Config {
             feed_rounds: 5,
             feed_queries: 200,
             harness_backlog: 20_000,
+            slow_secs: 10,
         }
     }
 }
@@ -353,7 +360,7 @@ async fn record_backlog(
 }
 
 /// Whether `HERALD_BENCH_ONLY` (a comma-separated list of scenario names: record,
-/// transition, dispatch, latency, harness, feed, memory) selects `scenario`; unset selects all.
+/// transition, dispatch, latency, harness, slow, feed, memory) selects `scenario`; unset selects all.
 fn wanted(scenario: &str) -> bool {
     std::env::var("HERALD_BENCH_ONLY").map_or(true, |only| only.split(',').any(|s| s.trim() == scenario))
 }
@@ -381,6 +388,10 @@ async fn run_backend(name: &str, backend: &Backend, cfg: &Config) -> Result<(), 
     }
     if backend.is_postgres() && wanted("latency") {
         latency::run(backend, cfg, &mut report).await?;
+        progress();
+    }
+    if wanted("slow") {
+        slow::run(backend, cfg, &mut report).await?;
         progress();
     }
     if backend.is_postgres() && wanted("harness") {
