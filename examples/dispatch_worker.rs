@@ -32,6 +32,23 @@ async fn poison(event: &Event, cx: &Context) -> Result<(), InboxError> {
     Ok(())
 }
 
+/// Per-key order under kills: keyed by subject (the default), every run is logged with
+/// its subject's sequence number; events marked `fail` fail their first attempt.
+#[inbox(subject = "ordered", backoff = "10ms", backoff_max = "50ms", max_attempts = 50)]
+async fn ordered_log(event: &Event, cx: &Context) -> Result<(), InboxError> {
+    let pool = cx.store().postgres_pool().ok_or_else(|| InboxError::give_up("PostgreSQL only"))?;
+    let seq = event.meta("seq").and_then(|v| v.as_i64()).unwrap_or(-1);
+    let ok = !(event.meta("fail").is_some() && cx.attempt() == 1);
+    sqlx::query("INSERT INTO order_runs (subject, seq, ok) VALUES ($1, $2, $3)")
+        .bind(&event.subject.id)
+        .bind(seq)
+        .bind(ok)
+        .execute(pool)
+        .await?;
+    tokio::time::sleep(Duration::from_millis(2)).await; // so that kills land mid-delivery
+    if ok { Ok(()) } else { Err(InboxError::retry("injected failure")) }
+}
+
 /// Two inboxes whose every run is counted per (inbox, event).
 #[inbox(subject = "compete")]
 async fn compete_a(event: &Event, cx: &Context) -> Result<(), InboxError> {
