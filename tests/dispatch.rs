@@ -655,7 +655,10 @@ async fn start_from_now_skips_history_held_behind_an_older_transaction_postgres(
 /// Whether a PostgreSQL plan has a sort node (a Merge Append's "Sort Key" merges
 /// ordered inputs: no sort).
 fn sorts(plan: &str) -> bool {
-    plan.lines().any(|l| l.trim_start().trim_start_matches("->").trim_start().starts_with("Sort "))
+    plan.lines().any(|l| {
+        let node = l.trim_start().trim_start_matches("->").trim_start();
+        node.starts_with("Sort  (") || node.starts_with("Incremental Sort")
+    })
 }
 
 // A batch read walks the position index in commit order, with or without table

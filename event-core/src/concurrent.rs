@@ -77,6 +77,80 @@ where
     done
 }
 
+/// Futures running side by side inside the calling task, each under a key, added
+/// while others run and taken out as each finishes (in completion order). No task
+/// is spawned: the caller polls them, so it must keep doing so while it awaits
+/// anything else (see [`alongside`]).
+pub(crate) struct Running<K, F> {
+    jobs: Vec<(K, CatchUnwind<F>)>,
+}
+
+impl<K, F: Future> Running<K, F> {
+    pub(crate) fn new() -> Self {
+        Running { jobs: Vec::new() }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.jobs.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.jobs.is_empty()
+    }
+
+    pub(crate) fn push(&mut self, key: K, job: F) {
+        self.jobs.push((key, CatchUnwind(Box::pin(job))));
+    }
+
+    /// The next job to finish, with its output or panic message; pending forever
+    /// while nothing runs.
+    pub(crate) async fn next(&mut self) -> (K, Result<F::Output, String>) {
+        std::future::poll_fn(|cx| {
+            for i in 0..self.jobs.len() {
+                if let Poll::Ready(out) = Pin::new(&mut self.jobs[i].1).poll(cx) {
+                    let (key, _) = self.jobs.swap_remove(i);
+                    return Poll::Ready((key, out));
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+impl<K, F> std::fmt::Debug for Running<K, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running").field("jobs", &self.jobs.len()).finish()
+    }
+}
+
+/// Awaits `op` while the jobs of `running` go on, collecting those that finish into
+/// `landed`. A job left unpolled while its caller waits for a pooled connection may
+/// hold one itself: with more jobs than connections, that deadlocked.
+pub(crate) async fn alongside<K, F: Future, T>(
+    running: &mut Running<K, F>,
+    landed: &mut Vec<(K, Result<F::Output, String>)>,
+    op: impl Future<Output = T>,
+) -> T {
+    let mut op = std::pin::pin!(op);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = op.as_mut().poll(cx) {
+            return Poll::Ready(out);
+        }
+        let mut i = 0;
+        while i < running.jobs.len() {
+            if let Poll::Ready(out) = Pin::new(&mut running.jobs[i].1).poll(cx) {
+                let (key, _) = running.jobs.swap_remove(i);
+                landed.push((key, out));
+            } else {
+                i += 1;
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

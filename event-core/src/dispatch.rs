@@ -693,6 +693,10 @@ async fn wait_stop(stop: Option<&mut tokio::sync::watch::Receiver<bool>>) {
     }
 }
 
+/// A delivery of a stream that finished: its slot, key and event, and what the
+/// handler returned (or its panic).
+type Landed = ((u64, Option<String>, EventId), std::result::Result<std::result::Result<bool, InboxError>, String>);
+
 /// The most events an inbox's stream holds between its written checkpoint and its
 /// read cursor (done, running or queued): what a crash makes again, at most.
 const WINDOW: usize = 10_000;
@@ -1337,19 +1341,37 @@ impl Dispatcher {
         // An event that kept killing its workers: dead-lettered unrun.
         let mut poison = self.careful(def.name)? && lease.crashes_here() >= inner.max_lease_expiries;
         let mut w = Window::new(lease.checkpoint.clone());
-        // Each delivery a task of its own: while this stream awaits the database (a read,
-        // a checkpoint write), handlers go on and give their pooled connections back. Run
-        // inside this task, they stalled there holding them, and a pool smaller than
-        // the concurrency deadlocked.
-        let mut running = tokio::task::JoinSet::new();
-        // What each task delivers, to account for one that panicked.
-        let mut tasks: HashMap<tokio::task::Id, (u64, Option<String>, EventId)> = HashMap::new();
+        // Deliveries run inside this task (no spawn and cross-thread wake-up per event);
+        // every database call of the stream is awaited `alongside` them, so they go on
+        // meanwhile and give their pooled connections back. Left unpolled while the
+        // stream waited for a connection, they deadlocked a pool smaller than the
+        // concurrency.
+        let mut running = crate::concurrent::Running::new();
+        let mut landed: Vec<Landed> = Vec::new();
+        use crate::concurrent::alongside;
         let mut pass = Pass::default();
         let mut unwritten = Passed::default();
         let mut written = lease.checkpoint.clone();
         let (mut last_write, mut last_renew) = (tokio::time::Instant::now(), tokio::time::Instant::now());
         let mut stopping = false;
         loop {
+            for ((slot, key, id), out) in landed.drain(..) {
+                let error = match out {
+                    Ok(Ok(true)) => {
+                        pass.delivered += 1;
+                        None
+                    }
+                    Ok(Ok(false)) => None,
+                    Ok(Err(e)) => Some(e),
+                    Err(panic) => Some(InboxError::retry(format!("handler panicked: {panic}"))),
+                };
+                let parked = error.map(|error| {
+                    tracing::warn!(inbox = def.name, event = %id, attempt = 1, error = %error, "herald: delivery failed");
+                    pass.failed += 1;
+                    Failure { key: key.clone(), ..failure(def, id, 1, error) }
+                });
+                w.finish(slot, key, parked);
+            }
             // After a takeover, one event at a time until past what the crashed worker
             // may have been running.
             let careful = self.careful(def.name)?;
@@ -1360,13 +1382,16 @@ impl Dispatcher {
                 let limit = self.batch_limit(def.name)?;
                 let scan = match prefetched.take() {
                     Some(scan) => scan,
-                    None => store.read_batch(def, &w.cursor, &view, limit).await?,
+                    None => {
+                        alongside(&mut running, &mut landed, store.read_batch(def, &w.cursor, &view, limit)).await?
+                    }
                 };
                 let batch = scan.events;
                 let held = if blocked && !matches!(def.key, Key::None) && !batch.is_empty() {
                     let keys = batch_keys(def, &batch);
                     let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-                    let (any, held) = store.blocked_among(def.name, &keys).await?;
+                    let (any, held) =
+                        alongside(&mut running, &mut landed, store.blocked_among(def.name, &keys)).await?;
                     blocked = any;
                     held.into_iter().collect()
                 } else {
@@ -1419,13 +1444,10 @@ impl Dispatcher {
                 && let Some((slot, key, event)) = w.ready.pop_front()
             {
                 let id = event.id;
-                let delivery = self.deliver_one(def, event, 0);
-                let which = (slot, key.clone(), id);
-                let task = running.spawn(async move { ((slot, key, id), delivery.await) });
-                tasks.insert(task.id(), which);
+                running.push((slot, key, id), self.deliver_one(def, event, 0));
             }
             unwritten.take(&mut w);
-            let idle = running.is_empty() && (w.ready.is_empty() || stopping);
+            let idle = running.is_empty() && landed.is_empty() && (w.ready.is_empty() || stopping);
             let finished = idle && (stopping || w.cursor.caught_up(&view));
             let due = finished
                 || unwritten.events >= inner.batch_size
@@ -1435,7 +1457,8 @@ impl Dispatcher {
                 let to = unwritten.mark.clone().unwrap_or_else(|| written.clone());
                 let renew = (!finished).then_some(inner.lease);
                 let parked_keys = unwritten.failures.iter().any(|f| f.key.is_some() && !f.dead);
-                if !store.advance(def.name, &inner.me, lease.epoch, &to, renew, &unwritten.failures, now()).await? {
+                let write = store.advance(def.name, &inner.me, lease.epoch, &to, renew, &unwritten.failures, now());
+                if !alongside(&mut running, &mut landed, write).await? {
                     tracing::warn!(
                         inbox = def.name,
                         "herald: lease lost mid-batch; its new owner re-delivers what was not passed"
@@ -1459,6 +1482,9 @@ impl Dispatcher {
             if finished {
                 return Ok(pass);
             }
+            if !landed.is_empty() {
+                continue; // deliveries that finished while the stream wrote: settle them first
+            }
             // Wait for a handler, a flush or renewal, or (with the cursor at the view
             // while handlers still run) new commits.
             let renew_at = last_renew + inner.lease / 3;
@@ -1466,41 +1492,14 @@ impl Dispatcher {
             let at_view = w.cursor.caught_up(&view) && !stopping;
             let poll_at = tokio::time::Instant::now() + inner.poll_interval;
             tokio::select! {
-                Some(joined) = running.join_next_with_id(), if !running.is_empty() => {
-                    let ((slot, key, id), out) = match joined {
-                        Ok((task, done)) => {
-                            tasks.remove(&task);
-                            (done.0, Ok(done.1))
-                        }
-                        Err(e) => {
-                            let Some(which) = tasks.remove(&e.id()) else { continue };
-                            let panic = if e.is_panic() {
-                                crate::concurrent::panic_text(e.into_panic())
-                            } else {
-                                "cancelled".to_owned()
-                            };
-                            (which, Err(panic))
-                        }
-                    };
-                    let error = match out {
-                        Ok(Ok(true)) => { pass.delivered += 1; None }
-                        Ok(Ok(false)) => None,
-                        Ok(Err(e)) => Some(e),
-                        Err(panic) => Some(InboxError::retry(format!("handler panicked: {panic}"))),
-                    };
-                    let parked = error.map(|error| {
-                        tracing::warn!(inbox = def.name, event = %id, attempt = 1, error = %error, "herald: delivery failed");
-                        pass.failed += 1;
-                        Failure { key: key.clone(), ..failure(def, id, 1, error) }
-                    });
-                    w.finish(slot, key, parked);
-                }
+                done = running.next(), if !running.is_empty() => landed.push(done),
                 _ = tokio::time::sleep_until(wake_at) => {
                     if tokio::time::Instant::now() >= renew_at {
                         last_renew = tokio::time::Instant::now();
                         // Renewal never acquires: a worker that lost its lease (it stalled
                         // past it) must not take it back and write a stale checkpoint.
-                        match store.renew_lease(def.name, &inner.me, lease.epoch, inner.lease).await {
+                        let renewal = store.renew_lease(def.name, &inner.me, lease.epoch, inner.lease);
+                        match alongside(&mut running, &mut landed, renewal).await {
                             Ok(true) => {}
                             Ok(false) => {
                                 tracing::warn!(
@@ -1517,11 +1516,11 @@ impl Dispatcher {
                 }
                 woke = wait_commit(commits.as_deref_mut()), if at_view && !running.is_empty() => {
                     if let Some(woke) = woke {
-                        view = store.shared_view(woke).await?;
+                        view = alongside(&mut running, &mut landed, store.shared_view(woke)).await?;
                     }
                 }
                 _ = tokio::time::sleep_until(poll_at), if at_view && commits.is_some() && !running.is_empty() => {
-                    view = store.view().await?;
+                    view = alongside(&mut running, &mut landed, store.view()).await?;
                 }
                 _ = wait_stop(stop.as_deref_mut()), if !stopping => {
                     stopping = true;
