@@ -730,6 +730,9 @@ async fn batch_reads_walk_in_order_with_fresh_or_stale_statistics_postgres() {
         assert!(plan.contains("Index Scan using herald_events_position"), "{which}:\n{plan}");
         assert!(!plan.contains("Seq Scan") && !plan.contains("Bitmap"), "{which}:\n{plan}");
         assert!(!sorts(&plan), "{which}: an ordered walk needs no sort:\n{plan}");
+        // At the start of a pair the walk starts at the pair, not at position (0, 0):
+        // with both bounds, the scan started from the row comparison (39 ms at 1M events).
+        assert!(!plan.contains("ROW('0'::xid8"), "{which}: a second lower bound:\n{plan}");
     }
 }
 

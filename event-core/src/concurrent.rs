@@ -102,17 +102,22 @@ impl<K, F: Future> Running<K, F> {
         self.jobs.push((key, CatchUnwind(Box::pin(job))));
     }
 
-    /// The next job to finish, with its output or panic message; pending forever
-    /// while nothing runs.
-    pub(crate) async fn next(&mut self) -> (K, Result<F::Output, String>) {
+    /// Waits until at least one job finished and moves every finished one, with its
+    /// output or panic message, to `landed` (one wake-up settles them all); pending
+    /// forever while nothing runs.
+    pub(crate) async fn settle(&mut self, landed: &mut Vec<(K, Result<F::Output, String>)>) {
         std::future::poll_fn(|cx| {
-            for i in 0..self.jobs.len() {
+            let before = landed.len();
+            let mut i = 0;
+            while i < self.jobs.len() {
                 if let Poll::Ready(out) = Pin::new(&mut self.jobs[i].1).poll(cx) {
                     let (key, _) = self.jobs.swap_remove(i);
-                    return Poll::Ready((key, out));
+                    landed.push((key, out));
+                } else {
+                    i += 1;
                 }
             }
-            Poll::Pending
+            if landed.len() > before { Poll::Ready(()) } else { Poll::Pending }
         })
         .await
     }

@@ -1492,7 +1492,7 @@ impl Dispatcher {
             let at_view = w.cursor.caught_up(&view) && !stopping;
             let poll_at = tokio::time::Instant::now() + inner.poll_interval;
             tokio::select! {
-                done = running.next(), if !running.is_empty() => landed.push(done),
+                () = running.settle(&mut landed), if !running.is_empty() => {}
                 _ = tokio::time::sleep_until(wake_at) => {
                     if tokio::time::Instant::now() >= renew_at {
                         last_renew = tokio::time::Instant::now();
