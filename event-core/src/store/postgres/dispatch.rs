@@ -251,8 +251,8 @@ pub(crate) async fn relet_and_read(
     q.push(" END, updated_at = ").push_bind(now);
     q.push(" WHERE name = ").push_bind(def.name).push(" AND lease_owner IS NULL");
     // A full read with nothing wanted can pass nothing beyond it: no write.
-    q.push(format!(" AND ({WANTED} OR NOT EXISTS (SELECT 1 FROM batch WHERE scanned >= "));
-    q.push_bind(limit as i64).push("))");
+    q.push(format!(" AND ({WANTED} OR (SELECT count(*) FROM batch) < "));
+    q.push_bind(limit as i64).push(")");
     push_mark_is(&mut q, checkpoint);
     q.push(" RETURNING lease_epoch) ");
     q.push(
@@ -271,8 +271,9 @@ pub(crate) async fn relet_and_read(
     Ok(if scan.events.is_empty() { Relet::Advanced } else { Relet::Leased(scan, epoch) })
 }
 
-/// What a batch read returned: the wanted events, and the last event looked at (its
-/// row comes back wanted or not). No row at all (a join's row of NULLs): nothing there.
+/// What a batch read returned: every event looked at comes back (a few bytes more for
+/// those not wanted; no window functions to plan), the wanted ones decoded. No row at
+/// all (a join's row of NULLs): nothing there.
 fn scan_of(rows: &[PgRow]) -> Result<Scan> {
     let mut scan = Scan::default();
     for r in rows {
@@ -281,10 +282,8 @@ fn scan_of(rows: &[PgRow]) -> Result<Scan> {
         if r.try_get::<Option<bool>, _>("wanted")?.unwrap_or(false) {
             scan.events.push((pos, decode(r)));
         }
-        if r.try_get::<Option<i64>, _>("rn")? == r.try_get::<Option<i64>, _>("scanned")? {
-            scan.last = Some(pos);
-            scan.scanned = r.try_get::<Option<i64>, _>("scanned")?.unwrap_or(0) as usize;
-        }
+        scan.last = Some(pos);
+        scan.scanned += 1;
     }
     Ok(scan)
 }
@@ -338,8 +337,8 @@ fn push_half(
 
 /// Appends the next read of `def` after `after`: the next `limit` events of the pair
 /// from `after.from` to `after.to` (or to `view` when no pair is open yet), in
-/// `(tx_id, id)` order, wanted or not; of those, the rows the inbox wants and the last
-/// one (`rn = scanned`) come back. The `WHERE` holds positions only, so every plan is
+/// `(tx_id, id)` order, wanted or not, each with whether the inbox wants it. The
+/// `WHERE` holds positions only, so every plan is
 /// an ordered walk of `herald_events_position` that stops at the limit: filtering by
 /// subject in it let PostgreSQL's first five (custom) plans per pooled connection
 /// believe 0.5 % of the rows matched and scan and sort the whole table instead
@@ -357,11 +356,6 @@ fn push_batch(q: &mut QueryBuilder<Postgres>, def: &InboxDef, after: &Mark, view
     let resume = (after.at != Position::default()).then_some(after.at);
     let xmax = crate::dispatch::snapshot_xmax(&from);
     let resume_range = resume.filter(|p| u64::try_from(p.tx).is_ok_and(|tx| tx >= xmax));
-    q.push(
-        // Numbered in the reads' own order (`tx_id, id`), which needs no sort.
-        "SELECT * FROM (SELECT s.*, count(*) OVER () AS scanned, row_number() OVER (ORDER BY tx_id, id) AS rn \
-         FROM (",
-    );
     if has_xip {
         // The xip list is bound as an array, so the probes are index lookups whatever
         // the statistics (a sub-select made the planner scan the table).
@@ -397,11 +391,10 @@ fn push_batch(q: &mut QueryBuilder<Postgres>, def: &InboxDef, after: &Mark, view
         limit,
     );
     if has_xip {
-        // Every xip transaction is below `from`'s xmax, so the halves come in order;
-        // the sort is of at most twice `limit` rows.
+        // Every xip transaction is below `from`'s xmax, so the halves come in order
+        // (a merge of two ordered walks, no sort).
         q.push(") ORDER BY tx_id, id LIMIT ").push_bind(limit as i64);
     }
-    q.push(") AS s) AS t WHERE wanted OR rn = scanned");
 }
 
 /// The next read of `def` after `after`, up to `view`, in commit order.
