@@ -87,6 +87,15 @@ async fn ord_unordered(event: &Event, cx: &Context) -> Result<(), InboxError> {
     flaky("ord_unordered", event, cx).await
 }
 
+/// Runs `d` in the background until the returned sender fires.
+fn start(d: &Dispatcher) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<herald::Result<()>>) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(d.clone().run(async move {
+        let _ = stopped.await;
+    }));
+    (stop, run)
+}
+
 fn only(names: &'static [&'static str]) -> Registry {
     Registry::collect()
         .expect("registry")
@@ -171,10 +180,7 @@ backend_test!(each_subject_in_commit_order_across_retries_under_run, |store| asy
         .build()
         .unwrap();
     d.register().await.unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(d.clone().run(async move {
-        let _ = stopped.await;
-    }));
+    let (stop, run) = start(&d);
     record_interleaved(&store, "ord", 20, 10).await;
     wait_for_successes(&store, "ord_by_subject", 200, None).await;
     stop.send(()).unwrap();
@@ -285,10 +291,7 @@ backend_test!(a_slow_event_holds_back_neither_other_keys_nor_later_reads, |store
         .build()
         .unwrap();
     d.register().await.unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(d.clone().run(async move {
-        let _ = stopped.await;
-    }));
+    let (stop, run) = start(&d);
     let record = |subject: u64, seq: i64, slow: bool| {
         let store = store.clone();
         async move {

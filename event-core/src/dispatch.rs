@@ -277,6 +277,13 @@ pub(crate) struct Failure {
     pub(crate) dead: bool,
 }
 
+impl Failure {
+    /// Dead at once (it holds back no key).
+    fn dead(event_id: EventId, attempts: u32, error: String) -> Self {
+        Failure { key: None, event_id, attempts, next_at: now(), error, dead: true }
+    }
+}
+
 /// What re-taking a released lease found.
 #[derive(Debug)]
 pub(crate) enum Relet {
@@ -1405,15 +1412,7 @@ impl Dispatcher {
                             "its worker stopped {} times (crashed or hung past the lease) before finishing",
                             lease.crashes_here()
                         );
-                        let failure = Failure {
-                            event_id: EventId(pos.id),
-                            attempts: 0,
-                            next_at: now(),
-                            error,
-                            dead: true,
-                            key: None,
-                        };
-                        w.push_done(after, Some(failure));
+                        w.push_done(after, Some(Failure::dead(EventId(pos.id), 0, error)));
                         pass.failed += 1;
                         continue;
                     }
@@ -1422,15 +1421,7 @@ impl Dispatcher {
                         Err(e) => {
                             tracing::error!(inbox = def.name, event = pos.id, error = %e, "herald: a stored event cannot be read; dead-lettered");
                             let error = format!("the stored event cannot be read: {e}");
-                            let failure = Failure {
-                                event_id: EventId(pos.id),
-                                attempts: 1,
-                                next_at: now(),
-                                error,
-                                dead: true,
-                                key: None,
-                            };
-                            w.push_done(after, Some(failure));
+                            w.push_done(after, Some(Failure::dead(EventId(pos.id), 1, error)));
                             pass.failed += 1;
                         }
                     }
