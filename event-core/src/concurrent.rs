@@ -102,24 +102,26 @@ impl<K, F: Future> Running<K, F> {
         self.jobs.push((key, CatchUnwind(Box::pin(job))));
     }
 
+    /// Polls every job once, moving the finished ones to `landed`; whether any did.
+    fn poll_ready(&mut self, cx: &mut Context<'_>, landed: &mut Vec<(K, Result<F::Output, String>)>) -> bool {
+        let before = landed.len();
+        let mut i = 0;
+        while i < self.jobs.len() {
+            if let Poll::Ready(out) = Pin::new(&mut self.jobs[i].1).poll(cx) {
+                let (key, _) = self.jobs.swap_remove(i);
+                landed.push((key, out));
+            } else {
+                i += 1;
+            }
+        }
+        landed.len() > before
+    }
+
     /// Waits until at least one job finished and moves every finished one, with its
     /// output or panic message, to `landed` (one wake-up settles them all); pending
     /// forever while nothing runs.
     pub(crate) async fn settle(&mut self, landed: &mut Vec<(K, Result<F::Output, String>)>) {
-        std::future::poll_fn(|cx| {
-            let before = landed.len();
-            let mut i = 0;
-            while i < self.jobs.len() {
-                if let Poll::Ready(out) = Pin::new(&mut self.jobs[i].1).poll(cx) {
-                    let (key, _) = self.jobs.swap_remove(i);
-                    landed.push((key, out));
-                } else {
-                    i += 1;
-                }
-            }
-            if landed.len() > before { Poll::Ready(()) } else { Poll::Pending }
-        })
-        .await
+        std::future::poll_fn(|cx| if self.poll_ready(cx, landed) { Poll::Ready(()) } else { Poll::Pending }).await
     }
 }
 
@@ -142,15 +144,7 @@ pub(crate) async fn alongside<K, F: Future, T>(
         if let Poll::Ready(out) = op.as_mut().poll(cx) {
             return Poll::Ready(out);
         }
-        let mut i = 0;
-        while i < running.jobs.len() {
-            if let Poll::Ready(out) = Pin::new(&mut running.jobs[i].1).poll(cx) {
-                let (key, _) = running.jobs.swap_remove(i);
-                landed.push((key, out));
-            } else {
-                i += 1;
-            }
-        }
+        running.poll_ready(cx, landed);
         Poll::Pending
     })
     .await
@@ -159,6 +153,44 @@ pub(crate) async fn alongside<K, F: Future, T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn jobs_go_on_while_the_caller_awaits_something_else() {
+        // Each job waits for the one permit the awaited operation also needs, as
+        // handlers and the dispatcher share a pool: without `alongside` polling the
+        // jobs, the operation would wait forever for a job that is never polled.
+        let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(1));
+        let mut running = Running::new();
+        let mut landed = Vec::new();
+        for n in 0..3 {
+            let permits = permits.clone();
+            running.push(n, async move {
+                let _held = permits.acquire().await.map_err(|e| e.to_string())?;
+                tokio::task::yield_now().await;
+                if n == 1 {
+                    panic!("one");
+                }
+                Ok::<_, String>(n * 10)
+            });
+        }
+        // Polled once (the yield is pending once): the first job takes the permit and
+        // holds it across its own yield; the others queue for it.
+        alongside(&mut running, &mut landed, tokio::task::yield_now()).await;
+        assert_eq!(permits.available_permits(), 0);
+        let op = async { permits.acquire().await.map(|_| "op done").map_err(|e| e.to_string()) };
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), alongside(&mut running, &mut landed, op))
+            .await
+            .expect("the operation got its permit: the jobs went on meanwhile");
+        assert_eq!(got, Ok("op done"));
+        while !running.is_empty() {
+            running.settle(&mut landed).await;
+        }
+        landed.sort_by_key(|(n, _)| *n);
+        assert_eq!(landed.len(), 3);
+        assert_eq!(landed[0].1, Ok(Ok(0)));
+        assert_eq!(landed[1].1, Err("one".to_owned()));
+        assert_eq!(landed[2].1, Ok(Ok(20)));
+    }
 
     #[tokio::test]
     async fn runs_all_with_a_limit_and_catches_panics() {
