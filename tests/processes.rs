@@ -49,12 +49,18 @@ impl Worker {
     }
 
     /// Closes standard input: the worker finishes in-flight deliveries and exits.
+    /// The bound is the dispatcher's contract: in-flight deliveries get its
+    /// `shutdown_timeout` (30 s), then are cancelled; a slow stop is reported.
     fn stop(mut self) {
         drop(self.0.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let asked = Instant::now();
+        let deadline = asked + Duration::from_secs(40);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.0.try_wait() {
                 assert!(status.success(), "worker exited with {status}");
+                if asked.elapsed() > Duration::from_secs(5) {
+                    eprintln!("a worker took {:?} to stop", asked.elapsed());
+                }
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
