@@ -1091,6 +1091,7 @@ const fn moving(name: &'static str, subject: &'static str) -> herald::InboxDef {
         backoff_max: Duration::from_secs(3600),
         timeout: Duration::from_secs(30),
         key: herald::Key::Subject,
+        spread: false,
         start_from: herald::StartFrom::Now,
         handler: moving_handler,
         file: file!(),

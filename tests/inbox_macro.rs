@@ -247,6 +247,7 @@ static ELSEWHERE: InboxDef = InboxDef {
     backoff_max: Duration::ZERO,
     timeout: Duration::from_secs(1),
     key: Key::Subject,
+    spread: false,
     start_from: StartFrom::Now,
     handler: noop,
     file: "src/notifications.rs",

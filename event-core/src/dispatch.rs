@@ -1832,6 +1832,7 @@ mod tests {
             backoff_max: Duration::MAX,
             timeout: InboxDef::DEFAULT_TIMEOUT,
             key: Key::Subject,
+            spread: false,
             start_from: StartFrom::Now,
             handler: |_, _| Box::pin(async { Ok(()) }),
             file: file!(),

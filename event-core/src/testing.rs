@@ -1075,7 +1075,7 @@ fn chain(e: &dyn std::error::Error) -> String {
 /// # const fn def(name: &'static str, subject: Option<&'static str>, actions: &'static [&'static str]) -> InboxDef {
 /// #     let (backoff, backoff_max) = (std::time::Duration::from_secs(1), std::time::Duration::from_secs(60));
 /// #     InboxDef { name, renamed_from: None, subject, actions, filter: None, max_attempts: 10, backoff, backoff_max, timeout: backoff,
-/// #                key: Key::Subject, start_from: StartFrom::Now, handler: noop, file: file!(), line: line!() }
+/// #                key: Key::Subject, spread: false, start_from: StartFrom::Now, handler: noop, file: file!(), line: line!() }
 /// # }
 /// # static EMAILS: InboxDef = def("app::emails", Some("issue"), &["assigned", "commented"]);
 /// # static AUDIT: InboxDef = def("app::audit", None, &[]);

@@ -96,6 +96,7 @@ pub(crate) fn expand(inbox: &Inbox<'_>) -> TokenStream {
                 backoff_max: #backoff_max,
                 timeout: #timeout,
                 key: #key,
+                spread: false,
                 start_from: #start_from,
                 handler: #wrapper,
                 file: #file,
