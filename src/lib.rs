@@ -171,6 +171,7 @@ pub use event_macros::Action;
 /// | `actions = ["assigned", "commented"]` | the actions it receives (snake_case, non-empty, no duplicates) | every action |
 /// | `filter = path::to::fn` | a `fn(&Event) -> bool`; events it refuses are skipped | none |
 /// | `key = "subject"` | what orders deliveries: one key's events go one at a time, in commit order, and a failing one holds back only its key; `"actor"`, `"correlation"`, `"none"` (no order) or `path::to::fn` (a `fn(&Event) -> String`) | `"subject"` |
+/// | `spread = true` | deliveries spread over every worker process: the lease holder copies events into per-delivery rows that every worker claims (`FOR UPDATE SKIP LOCKED`), each key's head only; for slow handlers that need more than one process | `false` |
 /// | `name = "emails"` | the stable name deliveries are stored under | `module::path::fn_name` |
 /// | `renamed_from = "old::name"` | the inbox's former name: a dispatcher that finds no row for the new name takes over the old one's checkpoint, retries and dead letters | none; a default name whose module moved (`a::mail::f` → `a::notify::f`) is taken over by its function name |
 /// | `max_attempts = 5` | attempts (at least 1) before a delivery is dead | [`InboxDef::DEFAULT_MAX_ATTEMPTS`] |

@@ -89,6 +89,21 @@ mod keys {
     }
 }
 
+/// `spread = true` and `spread = false`; their subject keeps them out of the routing test's events.
+mod spread {
+    use herald::{Context, Event, InboxError, inbox};
+
+    #[inbox(subject = "spread", spread = true)]
+    pub(crate) async fn spread_out(_event: &Event, _cx: &Context) -> Result<(), InboxError> {
+        Ok(())
+    }
+
+    #[inbox(subject = "spread", spread = false)]
+    pub(crate) async fn one_process(_event: &Event, _cx: &Context) -> Result<(), InboxError> {
+        Ok(())
+    }
+}
+
 /// An event as the store would hand it over.
 fn event(subject: &str, action: &str, actor: &str, metadata: Value) -> Event {
     serde_json::from_value(json!({
@@ -118,6 +133,8 @@ fn the_registry_lists_what_the_macro_registered() {
             "inbox_macro::keys::by_subject",
             "inbox_macro::keys::by_tenant",
             "inbox_macro::keys::unordered",
+            "inbox_macro::spread::one_process",
+            "inbox_macro::spread::spread_out",
             "inbox_macro::webhooks",
             "issue_titles"
         ]
@@ -177,6 +194,19 @@ fn the_key_option_registers_its_key() {
     assert_eq!(of("inbox_macro::keys::by_tenant").as_deref(), Some("acme"));
     let other = herald::testing::event(Subject::new("keyed", 43), "created", Actor::system()).build();
     assert_eq!(key("inbox_macro::keys::by_tenant").of(&other).as_deref(), Some("no tenant"));
+}
+
+#[test]
+fn the_spread_option_registers_spread() {
+    let registry = Registry::collect().unwrap();
+    let spread = |name: &str| registry.get(name).unwrap_or_else(|| panic!("no inbox {name}")).spread;
+
+    assert!(spread("inbox_macro::spread::spread_out"));
+    assert!(!spread("inbox_macro::spread::one_process"));
+    // The default: not spread.
+    assert!(!spread("inbox_macro::audit_log"));
+    assert!(!spread("inbox_macro::emails"));
+    assert!(!spread("issue_titles"));
 }
 
 #[test]

@@ -4,7 +4,7 @@
 use proc_macro2::TokenStream;
 use syn::meta::ParseNestedMeta;
 use syn::parse::Parser;
-use syn::{Expr, ExprLit, Lit, LitInt, LitStr, Path};
+use syn::{Expr, ExprLit, Lit, LitBool, LitInt, LitStr, Path};
 
 use crate::common::{crate_value, path_name, skip_value, string_value};
 use crate::ctxt::Errors;
@@ -18,6 +18,7 @@ pub(crate) struct Options {
     pub(crate) renamed_from: Option<LitStr>,
     pub(crate) filter: Option<Path>,
     pub(crate) key: Option<Key>,
+    pub(crate) spread: Option<LitBool>,
     pub(crate) max_attempts: Option<MaxAttempts>,
     pub(crate) backoff: Option<DurationValue>,
     pub(crate) backoff_max: Option<DurationValue>,
@@ -62,13 +63,14 @@ pub(crate) enum Key {
     Fn(Path),
 }
 
-const OPTIONS: [&str; 12] = [
+const OPTIONS: [&str; 13] = [
     "subject",
     "actions",
     "name",
     "renamed_from",
     "filter",
     "key",
+    "spread",
     "max_attempts",
     "backoff",
     "backoff_max",
@@ -86,6 +88,7 @@ pub(crate) fn options(args: TokenStream, cx: &mut Errors) -> Options {
     let mut filter = Once::new("inbox", "filter");
     // Not `key`: that name is taken below by the option being read.
     let mut order_key = Once::new("inbox", "key");
+    let mut spread = Once::new("inbox", "spread");
     let mut max_attempts = Once::new("inbox", "max_attempts");
     let mut backoff = Once::new("inbox", "backoff");
     let mut backoff_max = Once::new("inbox", "backoff_max");
@@ -121,6 +124,10 @@ pub(crate) fn options(args: TokenStream, cx: &mut Errors) -> Options {
             } else if key.is_ident("key") {
                 if let Some(value) = cx.ok(key_value(&meta)) {
                     order_key.set(cx, key, value);
+                }
+            } else if key.is_ident("spread") {
+                if let Some(value) = cx.ok(bool_value(&meta, "spread")) {
+                    spread.set(cx, key, value);
                 }
             } else if key.is_ident("max_attempts") {
                 if let Some(value) = cx.ok(attempts(&meta)) {
@@ -167,6 +174,7 @@ pub(crate) fn options(args: TokenStream, cx: &mut Errors) -> Options {
         renamed_from: renamed_from.into_inner(),
         filter: filter.into_inner(),
         key: order_key.into_inner(),
+        spread: spread.into_inner(),
         max_attempts: max_attempts.into_inner(),
         backoff: backoff.into_inner(),
         backoff_max: backoff_max.into_inner(),
@@ -326,6 +334,18 @@ fn start(meta: &ParseNestedMeta<'_>) -> syn::Result<StartFrom> {
     }
 }
 
+/// `spread = true | false`: a bool literal; a string, a number or a path is reported at it.
+fn bool_value(meta: &ParseNestedMeta<'_>, key: &str) -> syn::Result<LitBool> {
+    match meta.value()?.parse::<Expr>()? {
+        Expr::Lit(ExprLit { lit: Lit::Bool(lit), .. }) => Ok(lit),
+        // `spread = "false"` means false: say so rather than suggest `true`.
+        Expr::Lit(ExprLit { lit: Lit::Str(lit), .. }) if matches!(lit.value().as_str(), "true" | "false") => {
+            Err(syn::Error::new(lit.span(), format!("expected a bool, not a string: {key} = {}", lit.value())))
+        }
+        other => Err(syn::Error::new_spanned(other, format!("expected a bool: {key} = true"))),
+    }
+}
+
 /// What `key = …` accepts, for the messages.
 const KEY_FORMS: &str = "key = \"subject\" (the default: one subject's events in commit order), \"actor\", \
                          \"correlation\", \"none\" (no order) or key = path::to::fn (a fn(&Event) -> String)";
@@ -402,6 +422,7 @@ mod tests {
         assert_eq!(closest("action"), Some("actions"));
         assert_eq!(closest("backof"), Some("backoff"));
         assert_eq!(closest("keys"), Some("key"));
+        assert_eq!(closest("spred"), Some("spread"));
         assert_eq!(closest("colour"), None);
         assert_eq!(closest("x"), None);
     }
@@ -445,5 +466,25 @@ mod tests {
         );
         let misspelt = errors(quote!(kye = "actor"));
         assert!(matches!(&misspelt[..], [one] if one.contains("did you mean `key`?")), "{misspelt:?}");
+    }
+
+    #[test]
+    fn spreads() {
+        use quote::quote;
+
+        let spread = |args| parse(args).unwrap_or_else(|e| panic!("{e:?}")).spread.map(|lit| lit.value);
+        assert_eq!(spread(quote!()), None);
+        assert_eq!(spread(quote!(spread = true)), Some(true));
+        assert_eq!(spread(quote!(subject = "issue", spread = false, key = "actor")), Some(false));
+
+        let errors = |args| parse(args).err().unwrap_or_default();
+        assert_eq!(errors(quote!(spread = "yes")), ["expected a bool: spread = true"]);
+        assert_eq!(errors(quote!(spread = 1)), ["expected a bool: spread = true"]);
+        assert_eq!(errors(quote!(spread = yes)), ["expected a bool: spread = true"]);
+        assert_eq!(errors(quote!(spread = "false")), ["expected a bool, not a string: spread = false"]);
+        assert_eq!(
+            errors(quote!(spread = true, spread = false)),
+            ["duplicate option `spread` in #[inbox(…)]; give it once"]
+        );
     }
 }

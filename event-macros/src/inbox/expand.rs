@@ -60,6 +60,7 @@ pub(crate) fn expand(inbox: &Inbox<'_>) -> TokenStream {
             quote_spanned!(path.span()=> #module::Key::Fn(#path))
         }
     };
+    let spread = options.spread.as_ref().is_some_and(|lit| lit.value);
     let max_attempts = options.max_attempts.as_ref().map_or_else(
         || quote!(#module::InboxDef::DEFAULT_MAX_ATTEMPTS),
         |attempts| Literal::u32_unsuffixed(attempts.value).into_token_stream(),
@@ -96,7 +97,7 @@ pub(crate) fn expand(inbox: &Inbox<'_>) -> TokenStream {
                 backoff_max: #backoff_max,
                 timeout: #timeout,
                 key: #key,
-                spread: false,
+                spread: #spread,
                 start_from: #start_from,
                 handler: #wrapper,
                 file: #file,
