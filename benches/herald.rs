@@ -21,7 +21,9 @@
 //! 8. noop dispatch as an outside harness measured it (PostgreSQL: one event per
 //!    transaction, fresh and stale statistics, new warmed pools): [`harness`];
 //! 9. a slow inbox (50 ms handlers, with and without a 2 s tail) under 1,000 events/s
-//!    offered: [`slow`].
+//!    offered: [`slow`];
+//! 10. a spread inbox (20 ms handlers) drained by 1, 2 and 3 worker processes
+//!     (PostgreSQL; this binary started again as the workers): [`spread`].
 //!
 //! Progress goes to stderr; the tables per backend go to stdout at the end of each backend.
 
@@ -46,6 +48,8 @@ mod memory;
 mod record;
 #[path = "herald/slow.rs"]
 mod slow;
+#[path = "herald/spread.rs"]
+mod spread;
 #[path = "herald/transition.rs"]
 mod transition;
 
@@ -360,7 +364,7 @@ async fn record_backlog(
 }
 
 /// Whether `HERALD_BENCH_ONLY` (a comma-separated list of scenario names: record,
-/// transition, dispatch, latency, harness, slow, feed, memory) selects `scenario`; unset selects all.
+/// transition, dispatch, latency, harness, slow, spread, feed, memory) selects `scenario`; unset selects all.
 fn wanted(scenario: &str) -> bool {
     std::env::var("HERALD_BENCH_ONLY").map_or(true, |only| only.split(',').any(|s| s.trim() == scenario))
 }
@@ -394,6 +398,10 @@ async fn run_backend(name: &str, backend: &Backend, cfg: &Config) -> Result<(), 
         slow::run(backend, cfg, &mut report).await?;
         progress();
     }
+    if backend.is_postgres() && wanted("spread") {
+        spread::run(backend, cfg, &mut report).await?;
+        progress();
+    }
     if backend.is_postgres() && wanted("harness") {
         harness::run(backend, cfg, &mut report).await?;
         progress();
@@ -424,6 +432,9 @@ async fn run_backend(name: &str, backend: &Backend, cfg: &Config) -> Result<(), 
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
+    if spread::worker().await? {
+        return Ok(());
+    }
     let cfg = config();
     println!(
         "herald bench ({} mode), {} CPUs, started at {}",

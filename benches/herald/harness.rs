@@ -6,7 +6,8 @@
 //! statement with its parameters' values, then may switch to a generic plan). Herald
 //! drains one noop inbox at concurrency 1 and 8; the baseline is a raw sqlx loop that
 //! claims 100 rows of a one-row-per-event jobs table with `FOR UPDATE SKIP LOCKED` and
-//! deletes them, with 1 and 8 workers.
+//! deletes them, with 1 and 8 workers. The same drain into a spread inbox (its events
+//! copied into delivery rows, then claimed) is measured in the same rounds.
 
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -50,12 +51,28 @@ async fn record_one_per_transaction(store: &Store, n: usize) -> Result<(), BoxEr
     Ok(())
 }
 
-async fn herald_drain(url: &str, schema: &str, concurrency: usize, expected: usize) -> Result<f64, BoxError> {
+/// The noop inbox spread over workers: its lease holder copies the events into
+/// delivery rows, which the workers claim.
+#[inbox(subject = "bench", spread = true, start_from = "beginning")]
+async fn noop_spread(_event: &Event, _cx: &Context) -> Result<(), InboxError> {
+    Ok(())
+}
+
+/// Drains the backlog into `inbox` (`noop_00`, or `noop_spread`) from its beginning.
+async fn herald_drain(
+    url: &str,
+    schema: &str,
+    inbox: &'static str,
+    concurrency: usize,
+    expected: usize,
+) -> Result<f64, BoxError> {
     let pool = warmed_pool(url, schema).await?;
     sqlx::query("DELETE FROM herald_inboxes").execute(&pool).await?;
+    sqlx::query("DELETE FROM herald_deliveries").execute(&pool).await?;
     sqlx::query("VACUUM ANALYZE herald_inboxes").execute(&pool).await?;
+    sqlx::query("VACUUM ANALYZE herald_deliveries").execute(&pool).await?;
     let store = Store::from_postgres(pool.clone());
-    let registry = inboxes(|n| n == "noop_00")?;
+    let registry = inboxes(|n| n == inbox)?;
     let dispatcher = Dispatcher::builder(store).registry(registry).concurrency(concurrency).build()?;
     let t = Instant::now();
     let drained = dispatcher.drain().await?;
@@ -134,18 +151,26 @@ pub(super) async fn run(backend: &Backend, cfg: &Config, report: &mut Report) ->
         }
         for concurrency in [1, 8] {
             let label = format!("8. harness drain, {n} events, {stats} stats, concurrency {concurrency}");
-            let (mut base, mut ours) = (Vec::new(), Vec::new());
+            let (mut base, mut ours, mut spread) = (Vec::new(), Vec::new(), Vec::new());
             for round in 0..cfg.dispatch_rounds {
-                for herald in if round % 2 == 0 { [false, true] } else { [true, false] } {
-                    if herald {
-                        ours.push(herald_drain(url, &schema, concurrency, n).await?);
-                    } else {
-                        base.push(raw_drain(url, &schema, concurrency, n).await?);
+                let order = if round % 2 == 0 { [0, 1, 2] } else { [2, 1, 0] };
+                for side in order {
+                    match side {
+                        0 => base.push(raw_drain(url, &schema, concurrency, n).await?),
+                        1 => ours.push(herald_drain(url, &schema, "noop_00", concurrency, n).await?),
+                        _ => spread.push(herald_drain(url, &schema, "noop_spread", concurrency, n).await?),
                     }
                 }
-                eprintln!("  [{label}] round {}: raw {:.0}/s, herald {:.0}/s", round + 1, base[round], ours[round]);
+                eprintln!(
+                    "  [{label}] round {}: raw {:.0}/s, herald {:.0}/s, spread {:.0}/s",
+                    round + 1,
+                    base[round],
+                    ours[round],
+                    spread[round]
+                );
             }
-            report.rate(label, "del/s", (base, ours), Some(1.0));
+            report.rate(label.clone(), "del/s", (base.clone(), ours), Some(1.0));
+            report.rate(format!("{label}, spread inbox"), "del/s", (base, spread), Some(0.8));
         }
         db.close().await?;
     }

@@ -37,46 +37,6 @@ pub(crate) fn panic_text(payload: Box<dyn Any + Send>) -> String {
         .unwrap_or_else(|| "a non-string payload".to_owned())
 }
 
-/// Runs every `(key, future)` with at most `limit` in flight; returns each key with
-/// its output, or with the panic message, in completion order.
-pub(crate) async fn run_limited<K, F, I>(jobs: I, limit: usize) -> Vec<(K, Result<F::Output, String>)>
-where
-    I: IntoIterator<Item = (K, F)>,
-    F: Future,
-{
-    let mut jobs = jobs.into_iter();
-    let mut running: Vec<(K, CatchUnwind<F>)> = Vec::with_capacity(limit);
-    let mut done = Vec::new();
-    std::future::poll_fn(|cx| {
-        loop {
-            while running.len() < limit.max(1) {
-                match jobs.next() {
-                    Some((key, job)) => running.push((key, CatchUnwind(Box::pin(job)))),
-                    None => break,
-                }
-            }
-            if running.is_empty() {
-                return Poll::Ready(());
-            }
-            let before = running.len();
-            let mut i = 0;
-            while i < running.len() {
-                if let Poll::Ready(out) = Pin::new(&mut running[i].1).poll(cx) {
-                    let (key, _) = running.swap_remove(i);
-                    done.push((key, out));
-                } else {
-                    i += 1;
-                }
-            }
-            if running.len() == before {
-                return Poll::Pending;
-            }
-        }
-    })
-    .await;
-    done
-}
-
 /// Futures running side by side inside the calling task, each under a key, added
 /// while others run and taken out as each finishes (in completion order). No task
 /// is spawned: the caller polls them, so it must keep doing so while it awaits
@@ -190,30 +150,5 @@ mod tests {
         assert_eq!(landed[0].1, Ok(Ok(0)));
         assert_eq!(landed[1].1, Err("one".to_owned()));
         assert_eq!(landed[2].1, Ok(Ok(20)));
-    }
-
-    #[tokio::test]
-    async fn runs_all_with_a_limit_and_catches_panics() {
-        let in_flight = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let peak = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let jobs = (0..20).map(|n| {
-            let (in_flight, peak) = (in_flight.clone(), peak.clone());
-            (n, async move {
-                let now = in_flight.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-                peak.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
-                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-                in_flight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-                if n == 7 {
-                    panic!("seven");
-                }
-                n * 2
-            })
-        });
-        let mut out = run_limited(jobs, 4).await;
-        out.sort_by_key(|(k, _)| *k);
-        assert_eq!(out.len(), 20);
-        assert_eq!(out[7].1, Err("seven".to_owned()));
-        assert_eq!(out[8].1, Ok(16));
-        assert_eq!(peak.load(std::sync::atomic::Ordering::SeqCst), 4, "never more than the limit, and the limit used");
     }
 }

@@ -828,6 +828,25 @@ impl Window {
     }
 }
 
+/// The most deliveries a spread inbox keeps waiting to run (at least 4 batches): its
+/// pump copies no more until claimers took some.
+const SPREAD_QUEUE: usize = 1_000;
+
+/// How often a spread inbox's pump looks again at a full queue.
+const SPREAD_RECOUNT: Duration = Duration::from_millis(20);
+
+/// A spread inbox's event copied into a delivery row, for any worker to claim.
+fn queued(def: &InboxDef, event: &Event) -> Failure {
+    Failure {
+        key: def.key.of(event),
+        event_id: event.id,
+        attempts: 0,
+        next_at: now(),
+        error: String::new(),
+        dead: false,
+    }
+}
+
 /// A parked event of a key held back by an earlier one: claimed once it is its key's
 /// oldest, without an attempt counted until it runs.
 fn waiting(event_id: EventId, key: &str, head: &str) -> Failure {
@@ -919,6 +938,8 @@ pub(crate) fn snapshot_xip(snapshot: &str) -> Vec<String> {
 struct Pass {
     delivered: u64,
     failed: u64,
+    /// Events a spread inbox's pump copied into delivery rows.
+    queued: u64,
     /// More is waiting right now (the batch was full, or the lease is held elsewhere).
     more: bool,
 }
@@ -965,7 +986,7 @@ impl Dispatcher {
                     let pass = caught(self.pump_inbox(def, &view, None)).await?;
                     total.delivered += pass.delivered;
                     total.failed += pass.failed;
-                    progressed |= pass.delivered + pass.failed > 0;
+                    progressed |= pass.delivered + pass.failed + pass.queued > 0;
                     if !pass.more {
                         break;
                     }
@@ -973,7 +994,7 @@ impl Dispatcher {
             }
             let mut more = false;
             for def in self.inner.registry.iter() {
-                let pass = caught(self.pump_retries(def)).await?;
+                let pass = caught(self.claim_stream(def, None)).await?;
                 total.delivered += pass.delivered;
                 total.failed += pass.failed;
                 progressed |= pass.delivered + pass.failed > 0;
@@ -1000,7 +1021,7 @@ impl Dispatcher {
         }
         for def in self.inner.registry.iter() {
             let (me, stop) = (self.clone(), stop_rx.clone());
-            tasks.push(tokio::spawn(async move { me.retry_loop(def, stop).await }));
+            tasks.push(tokio::spawn(async move { me.claim_loop(def, stop).await }));
         }
         if self.inner.dead_retention.is_some() {
             let (me, stop) = (self.clone(), stop_rx.clone());
@@ -1197,22 +1218,19 @@ impl Dispatcher {
         }
     }
 
-    /// Due retries of one inbox, claimed and run by a task of its own.
-    async fn retry_loop(&self, def: &'static InboxDef, mut stop: tokio::sync::watch::Receiver<bool>) {
-        while !*stop.borrow() {
-            let more = match caught(self.pump_retries(def)).await {
-                Ok(pass) => pass.more,
-                Err(e) => {
-                    tracing::warn!(inbox = def.name, error = %e, "herald: retry pass failed; will retry");
-                    false
+    /// The ready deliveries of one inbox (due retries, a spread inbox's copied events),
+    /// claimed and run by a task of its own.
+    async fn claim_loop(&self, def: &'static InboxDef, stop: tokio::sync::watch::Receiver<bool>) {
+        let store = &self.inner.store;
+        let mut live = ClaimLive { commits: store.subscribe_commits(), queued: store.subscribe_queued(), stop };
+        while !*live.stop.borrow() {
+            let l = ClaimLive { commits: live.commits.clone(), queued: live.queued.clone(), stop: live.stop.clone() };
+            if let Err(e) = caught(self.claim_stream(def, Some(l))).await {
+                tracing::warn!(inbox = def.name, error = %e, "herald: claiming deliveries failed; will retry");
+                tokio::select! {
+                    _ = live.stop.changed() => {}
+                    _ = tokio::time::sleep(self.inner.poll_interval) => {}
                 }
-            };
-            if more {
-                continue;
-            }
-            tokio::select! {
-                _ = stop.changed() => {}
-                _ = tokio::time::sleep(self.inner.poll_interval) => {}
             }
         }
     }
@@ -1300,7 +1318,10 @@ impl Dispatcher {
             self.remember(def.name, released.then_some(known));
             return Ok(Pass::default());
         }
-        if lease.taken_over {
+        if lease.taken_over && def.spread {
+            // A pump runs no handler: its crash says nothing about the events.
+            tracing::info!(inbox = def.name, "herald: took over the expired lease of a spread inbox's pump");
+        } else if lease.taken_over {
             tracing::warn!(
                 inbox = def.name,
                 crashes = lease.crashes_here(),
@@ -1347,6 +1368,11 @@ impl Dispatcher {
         let window_cap = WINDOW.max(2 * inner.batch_size);
         // An event that kept killing its workers: dead-lettered unrun.
         let mut poison = self.careful(def.name)? && lease.crashes_here() >= inner.max_lease_expiries;
+        // A spread inbox's stream is a pump: it copies the events into delivery rows
+        // (claimed by every worker) while fewer than `cap` wait to run.
+        let spread = def.spread;
+        let cap = SPREAD_QUEUE.max(4 * inner.batch_size);
+        let (mut room, mut recount_at): (Option<usize>, _) = (None, tokio::time::Instant::now());
         let mut w = Window::new(lease.checkpoint.clone());
         // Deliveries run inside this task (no spawn and cross-thread wake-up per event);
         // every database call of the stream is awaited `alongside` them, so they go on
@@ -1384,8 +1410,23 @@ impl Dispatcher {
             let careful = self.careful(def.name)?;
             let concurrency = if careful { 1 } else { inner.concurrency };
             let read_ahead = if careful { 1 } else { 2 * inner.batch_size.max(concurrency) };
+            if spread
+                && !stopping
+                && !w.cursor.caught_up(&view)
+                && room.is_none_or(|r| r == 0)
+                && tokio::time::Instant::now() >= recount_at
+            {
+                let waiting = alongside(&mut running, &mut landed, store.queued(def.name, cap)).await?;
+                room = Some(cap.saturating_sub(waiting));
+                recount_at = tokio::time::Instant::now() + SPREAD_RECOUNT;
+            }
             // Read while the handlers have room and the window is not too far ahead.
-            while !stopping && w.unstarted() < read_ahead && w.slots.len() < window_cap && !w.cursor.caught_up(&view) {
+            while !stopping
+                && w.unstarted() < read_ahead
+                && w.slots.len() < window_cap
+                && !w.cursor.caught_up(&view)
+                && (!spread || room.is_some_and(|r| r > 0))
+            {
                 let limit = self.batch_limit(def.name)?;
                 let scan = match prefetched.take() {
                     Some(scan) => scan,
@@ -1394,7 +1435,7 @@ impl Dispatcher {
                     }
                 };
                 let batch = scan.events;
-                let held = if blocked && !matches!(def.key, Key::None) && !batch.is_empty() {
+                let held = if blocked && !spread && !matches!(def.key, Key::None) && !batch.is_empty() {
                     let keys = batch_keys(def, &batch);
                     let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
                     let (any, held) =
@@ -1417,6 +1458,11 @@ impl Dispatcher {
                         continue;
                     }
                     match event {
+                        Ok(event) if spread => {
+                            room = room.map(|r| r.saturating_sub(1));
+                            pass.queued += 1;
+                            w.push_done(after, Some(queued(def, &event)));
+                        }
                         Ok(event) => w.admit(def, after, event, &held),
                         Err(e) => {
                             tracing::error!(inbox = def.name, event = pos.id, error = %e, "herald: a stored event cannot be read; dead-lettered");
@@ -1429,6 +1475,9 @@ impl Dispatcher {
                 poison = false;
                 w.push_done(next.clone(), None);
                 w.cursor = next;
+                if spread {
+                    break; // each batch's rows written (and claimable) at once
+                }
             }
             while running.len() < concurrency
                 && !stopping
@@ -1439,8 +1488,11 @@ impl Dispatcher {
             }
             unwritten.take(&mut w);
             let idle = running.is_empty() && landed.is_empty() && (w.ready.is_empty() || stopping);
-            let finished = idle && (stopping || w.cursor.caught_up(&view));
+            // Under `drain` a full spread queue ends the pass: the claims run next.
+            let full = spread && room == Some(0);
+            let finished = idle && (stopping || w.cursor.caught_up(&view) || (full && stop.is_none()));
             let due = finished
+                || (spread && unwritten.events > 0)
                 || unwritten.events >= inner.batch_size
                 || (careful && unwritten.events > 0)
                 || (unwritten.events > 0 && last_write.elapsed() >= FLUSH_AFTER);
@@ -1448,6 +1500,7 @@ impl Dispatcher {
                 let to = unwritten.mark.clone().unwrap_or_else(|| written.clone());
                 let renew = (!finished).then_some(inner.lease);
                 let parked_keys = unwritten.failures.iter().any(|f| f.key.is_some() && !f.dead);
+                let copied = spread && unwritten.failures.iter().any(|f| !f.dead);
                 let write = store.advance(def.name, &inner.me, lease.epoch, &to, renew, &unwritten.failures, now());
                 if !alongside(&mut running, &mut landed, write).await? {
                     tracing::warn!(
@@ -1460,6 +1513,9 @@ impl Dispatcher {
                 if careful && let Ok(mut careful) = inner.careful.lock() {
                     let left = careful.entry(def.name).or_default();
                     *left = left.saturating_sub(unwritten.events.max(1));
+                }
+                if copied {
+                    store.announce_queued();
                 }
                 // What was parked is now the database's to tell: ask it from the next batch on.
                 blocked |= parked_keys;
@@ -1475,6 +1531,9 @@ impl Dispatcher {
             }
             if !landed.is_empty() {
                 continue; // deliveries that finished while the stream wrote: settle them first
+            }
+            if spread && !stopping && !w.cursor.caught_up(&view) && room.is_some_and(|r| r > 0) {
+                continue; // a pump waits for nothing but room: copy the next batch
             }
             // Wait for a handler, a flush or renewal, or (with the cursor at the view
             // while handlers still run) new commits.
@@ -1513,6 +1572,7 @@ impl Dispatcher {
                 _ = tokio::time::sleep_until(poll_at), if at_view && commits.is_some() && !running.is_empty() => {
                     view = alongside(&mut running, &mut landed, store.view()).await?;
                 }
+                _ = tokio::time::sleep_until(recount_at), if full && !stopping && !w.cursor.caught_up(&view) => {}
                 _ = wait_stop(stop.as_deref_mut()), if !stopping => {
                     stopping = true;
                 }
@@ -1575,99 +1635,193 @@ impl Dispatcher {
         })
     }
 
-    /// One claim of `def`'s due retries, up to its concurrency: run side by side,
-    /// their leases renewed while they run, each completed as soon as it is done. An
-    /// inbox's retries wait for no other inbox's (each inbox has its own retry task),
-    /// and a slow retry neither holds back the others' completion nor loses its lease
-    /// (which would count as a crash and run it again elsewhere).
-    async fn pump_retries(&self, def: &'static InboxDef) -> Result<Pass> {
-        let inner = &self.inner;
+    /// Claims and runs `def`'s ready deliveries: retries that are due and, for a
+    /// spread inbox, the events its lease holder copied into rows (in any process).
+    /// Claims only each key's oldest live row (`FOR UPDATE SKIP LOCKED` on
+    /// PostgreSQL), runs up to the concurrency side by side, claims again as soon as
+    /// a handler is free (no batch barrier), completes what finished in one statement
+    /// while the rest run, and renews the leases of what it holds.
+    ///
+    /// How far ahead it claims adapts: about one claim's round trip of work beyond
+    /// the running handlers (fast handlers: up to 100 rows a claim, as a job queue's
+    /// claim loop; slow ones: hardly more than the free handlers, so other processes
+    /// get the rest).
+    ///
+    /// `live` (under [`run`](Self::run)): wake-ups and the stop signal; it returns only
+    /// at stop. `None` (under [`drain`](Self::drain)): returns once nothing is
+    /// claimable and nothing runs.
+    async fn claim_stream(&self, def: &'static InboxDef, live: Option<ClaimLive>) -> Result<Pass> {
+        use crate::concurrent::alongside;
+        /// The most rows one claim takes.
+        const CLAIM_MAX: usize = 100;
+        let inner = &*self.inner;
         let store = &inner.store;
-        let t = now();
-        let claimed =
-            store.claim_retries(&inner.me, &[def.name], t, t + chrono_of(inner.lease), inner.concurrency).await?;
-        let more = claimed.len() == inner.concurrency;
-        let ids: Vec<i64> = claimed.iter().map(|c| c.id).collect();
-        let jobs = claimed.into_iter().map(|c| (c.id, self.retry_one(def, c)));
-        let work = crate::concurrent::run_limited(jobs, inner.concurrency);
-        let outcomes = while_renewing(inner.lease, work, || async {
-            let until = now() + chrono_of(inner.lease);
-            if let Err(e) = store.renew_retries(&inner.me, &ids, until).await {
-                tracing::warn!(inbox = def.name, error = %e, "herald: renewing retry leases failed");
+        let concurrency = inner.concurrency;
+        let mut running = crate::concurrent::Running::new();
+        let mut landed: Vec<ClaimLanded> = Vec::new();
+        let mut queue: std::collections::VecDeque<Claimed> = Default::default();
+        let mut held: HashSet<i64> = HashSet::new();
+        let (mut ok, mut failed): (Vec<i64>, Vec<(i64, Failure)>) = (Vec::new(), Vec::new());
+        let mut pass = Pass::default();
+        // Average handler run and claim round trip, for how far ahead to claim.
+        let (mut handler_secs, mut claim_secs) = (0.01_f64, 0.001_f64);
+        let (mut want, mut stopping) = (true, false);
+        let mut last_renew = tokio::time::Instant::now();
+        let names = [def.name];
+        let (mut commits, mut queued, mut stop) = match live {
+            Some(l) => (Some(l.commits), Some(l.queued), Some(l.stop)),
+            None => (None, None, None),
+        };
+        loop {
+            for ((id, key, started), out) in landed.drain(..) {
+                let secs = started.elapsed().as_secs_f64();
+                handler_secs = 0.8 * handler_secs + 0.2 * secs;
+                let c = match &out {
+                    Ok(c) => c,
+                    Err(panic) => {
+                        // Outside the handler (whose panics fail the delivery): the row
+                        // is left to its lease, which stops being renewed.
+                        tracing::error!(inbox = def.name, delivery = id, panic = %panic, "herald: a delivery's bookkeeping panicked; it runs again after its lease");
+                        held.remove(&id);
+                        continue;
+                    }
+                };
+                match c {
+                    None => {
+                        pass.delivered += 1;
+                        ok.push(id);
+                    }
+                    Some(f) => {
+                        pass.failed += 1;
+                        failed.push((id, f.clone()));
+                    }
+                }
+                // A keyed delivery that succeeded or died lets the next event of its key go.
+                want |= key.is_some() && c.as_ref().is_none_or(|f| f.dead);
             }
-        })
-        .await;
-        let mut pass = Pass { more, ..Pass::default() };
-        for (_, outcome) in outcomes {
-            let (delivered, frees) = match outcome {
-                Ok(Ok(done)) => done,
-                Ok(Err(e)) => return Err(e),
-                Err(panic) => return Err(Error::Panicked(panic)),
-            };
-            if delivered {
-                pass.delivered += 1;
-            } else {
-                pass.failed += 1;
-            }
-            // The key's next event is due now: claim it at once, not at the next poll.
-            pass.more |= frees;
-        }
-        Ok(pass)
-    }
-
-    /// Runs one claimed retry and completes it at once: whether it succeeded, and
-    /// whether the next event of its key may now go.
-    async fn retry_one(&self, def: &'static InboxDef, c: Claimed) -> Result<(bool, bool)> {
-        let inner = &self.inner;
-        let failure = if c.expiries >= inner.max_lease_expiries {
-            let error =
-                format!("its worker stopped {} times (crashed or hung past the lease) before finishing", c.expiries);
-            Some(Failure {
-                event_id: c.event_id,
-                attempts: c.attempts,
-                next_at: now(),
-                error,
-                dead: true,
-                key: c.key.clone(),
-            })
-        } else {
-            match c.event {
-                // No retry can read it: dead at once.
-                Err(e) => Some(Failure {
-                    event_id: c.event_id,
-                    attempts: c.attempts + 1,
-                    next_at: now(),
-                    error: format!("the stored event cannot be read: {e}"),
-                    dead: true,
-                    key: c.key.clone(),
-                }),
-                Ok(event) => {
-                    let out = crate::concurrent::catch_unwind(self.deliver_one(def, event, c.attempts)).await;
-                    let error = match out {
-                        Ok(Ok(_)) => None,
-                        Ok(Err(e)) => Some(e),
-                        Err(panic) => Some(InboxError::retry(format!("handler panicked: {panic}"))),
-                    };
-                    error.map(|error| {
-                        tracing::warn!(inbox = def.name, event = %c.event_id, attempt = c.attempts + 1, error = %error, "herald: delivery failed");
-                        Failure { key: c.key.clone(), ..failure(def, c.event_id, c.attempts + 1, error) }
-                    })
+            if !ok.is_empty() || !failed.is_empty() {
+                let (o, f) = (std::mem::take(&mut ok), std::mem::take(&mut failed));
+                alongside(&mut running, &mut landed, store.complete_retries(&inner.me, &o, &f, now())).await?;
+                for id in o.iter().chain(f.iter().map(|(id, _)| id)) {
+                    held.remove(id);
                 }
             }
-        };
-        // A keyed delivery that succeeded or died lets the next event of its key go.
-        let frees = c.key.is_some() && failure.as_ref().is_none_or(|f| f.dead);
-        match failure {
-            None => {
-                inner.store.complete_retries(&inner.me, &[c.id], &[], now()).await?;
-                Ok((true, frees))
+            while running.len() < concurrency
+                && !stopping
+                && let Some(c) = queue.pop_front()
+            {
+                let (id, key) = (c.id, c.key.clone());
+                running.push((id, key, tokio::time::Instant::now()), self.run_claimed(def, c));
             }
-            Some(f) => {
-                inner.store.complete_retries(&inner.me, &[], &[(c.id, f)], now()).await?;
-                Ok((false, frees))
+            if stopping && !queue.is_empty() {
+                // Claimed, never started: free for any worker now, not at the lease's end.
+                let ids: Vec<i64> = queue.drain(..).map(|c| c.id).collect();
+                alongside(&mut running, &mut landed, store.release_claims(&inner.me, &ids)).await?;
+                for id in &ids {
+                    held.remove(id);
+                }
+            }
+            let ahead = ((concurrency as f64 * claim_secs / handler_secs.max(1e-6)).ceil() as usize)
+                .min(CLAIM_MAX.saturating_sub(concurrency).max(concurrency));
+            let target = concurrency + ahead;
+            if !stopping && want && held.len() < target && queue.len() <= ahead / 2 {
+                let limit = (target - held.len()).min(CLAIM_MAX);
+                let (t, started) = (now(), tokio::time::Instant::now());
+                let claim = store.claim_retries(&inner.me, &names, t, t + chrono_of(inner.lease), limit);
+                let claimed = alongside(&mut running, &mut landed, claim).await?;
+                claim_secs = 0.8 * claim_secs + 0.2 * started.elapsed().as_secs_f64();
+                want = claimed.len() == limit;
+                if !claimed.is_empty() {
+                    last_renew = last_renew.min(tokio::time::Instant::now());
+                }
+                held.extend(claimed.iter().map(|c| c.id));
+                queue.extend(claimed);
+                continue;
+            }
+            let idle = running.is_empty() && queue.is_empty() && landed.is_empty();
+            if idle && (stopping || (stop.is_none() && !want)) {
+                return Ok(pass);
+            }
+            if !landed.is_empty() {
+                continue;
+            }
+            let renew_at = last_renew + inner.lease / 3;
+            let live_wait = stop.is_some() && !stopping;
+            tokio::select! {
+                () = running.settle(&mut landed), if !running.is_empty() => {}
+                _ = tokio::time::sleep_until(renew_at), if !held.is_empty() => {
+                    last_renew = tokio::time::Instant::now();
+                    let ids: Vec<i64> = held.iter().copied().collect();
+                    let until = now() + chrono_of(inner.lease);
+                    if let Err(e) = alongside(&mut running, &mut landed, store.renew_retries(&inner.me, &ids, until)).await {
+                        tracing::warn!(inbox = def.name, error = %e, "herald: renewing delivery leases failed");
+                    }
+                }
+                _ = changed(commits.as_mut()), if live_wait => want = true,
+                _ = changed(queued.as_mut()), if live_wait => want = true,
+                _ = tokio::time::sleep(inner.poll_interval), if live_wait => want = true,
+                _ = wait_stop(stop.as_mut()), if live_wait => stopping = true,
             }
         }
     }
+
+    /// Runs one claimed delivery: `None` if it succeeded (or was filtered out), else
+    /// its failure to park (retry later, or dead).
+    fn run_claimed(
+        &self,
+        def: &'static InboxDef,
+        c: Claimed,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Option<Failure>> + Send + 'static>> {
+        let me = self.clone();
+        Box::pin(async move {
+            let inner = &me.inner;
+            if c.expiries >= inner.max_lease_expiries {
+                let error = format!(
+                    "its worker stopped {} times (crashed or hung past the lease) before finishing",
+                    c.expiries
+                );
+                return Some(Failure { key: c.key, ..Failure::dead(c.event_id, c.attempts, error) });
+            }
+            let event = match c.event {
+                Ok(event) => event,
+                // No retry can read it: dead at once.
+                Err(e) => {
+                    let error = format!("the stored event cannot be read: {e}");
+                    return Some(Failure { key: c.key, ..Failure::dead(c.event_id, c.attempts + 1, error) });
+                }
+            };
+            let out = crate::concurrent::catch_unwind(me.deliver_one(def, event, c.attempts)).await;
+            let error = match out {
+                Ok(Ok(_)) => return None,
+                Ok(Err(e)) => e,
+                Err(panic) => InboxError::retry(format!("handler panicked: {panic}")),
+            };
+            tracing::warn!(inbox = def.name, event = %c.event_id, attempt = c.attempts + 1, error = %error, "herald: delivery failed");
+            Some(Failure { key: c.key, ..failure(def, c.event_id, c.attempts + 1, error) })
+        })
+    }
+}
+
+/// A claimed delivery that finished: its row, key and start, and its failure if any
+/// (or the panic message, which `run_claimed` already catches).
+type ClaimLanded = ((i64, Option<String>, tokio::time::Instant), std::result::Result<Option<Failure>, String>);
+
+/// Under [`Dispatcher::run`], what a claim stream follows: commits (and, through the
+/// listener, other processes' copied rows), this process's copied rows, and stop.
+struct ClaimLive {
+    commits: tokio::sync::watch::Receiver<u64>,
+    queued: tokio::sync::watch::Receiver<u64>,
+    stop: tokio::sync::watch::Receiver<bool>,
+}
+
+/// The next change of `rx`; never without one (or once its sender is gone).
+async fn changed(rx: Option<&mut tokio::sync::watch::Receiver<u64>>) {
+    if let Some(rx) = rx
+        && rx.changed().await.is_ok()
+    {
+        return;
+    }
+    std::future::pending().await
 }
 
 /// Parks a failed attempt: when to try again, or dead.
@@ -1694,29 +1848,6 @@ fn failure(def: &InboxDef, event_id: EventId, attempts: u32, error: InboxError) 
 fn retention_cutoff(now: DateTime<Utc>, keep: Duration) -> Option<DateTime<Utc>> {
     let cutoff = chrono::Duration::from_std(keep).ok().and_then(|keep| now.checked_sub_signed(keep))?;
     (cutoff > crate::model::min_time()).then_some(cutoff)
-}
-
-/// Drives `work` to its end, calling `renew` every third of `lease` meanwhile.
-async fn while_renewing<T, R: Future<Output = ()>>(
-    lease: Duration,
-    work: impl Future<Output = T>,
-    mut renew: impl FnMut() -> R,
-) -> T {
-    tokio::pin!(work);
-    // `interval_at`, not `interval` + a first `tick()`: that first tick goes through
-    // tokio's millisecond timer wheel and cost ~1 ms of latency per batch.
-    let every = lease / 3;
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    // The work goes on while a renewal waits: handlers must not stall holding pooled
-    // connections the renewal is waiting for.
-    let mut renewing: Option<std::pin::Pin<Box<R>>> = None;
-    loop {
-        tokio::select! {
-            out = &mut work => return out,
-            _ = tick.tick(), if renewing.is_none() => renewing = Some(Box::pin(renew())),
-            () = async { if let Some(r) = renewing.as_mut() { r.await } }, if renewing.is_some() => renewing = None,
-        }
-    }
 }
 
 /// Runs a pass of the dispatcher's own code, turning a panic into

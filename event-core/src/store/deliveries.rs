@@ -27,6 +27,15 @@ impl Store {
         self.wake.poke();
     }
 
+    pub(crate) fn subscribe_queued(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.wake.subscribe_queued()
+    }
+
+    /// A spread inbox's events were copied into delivery rows: wake every claimer.
+    pub(crate) fn announce_queued(&self) {
+        self.wake.queued(self);
+    }
+
     /// Whether a notification from backend `pid` came from this store's own notifier.
     pub(crate) fn is_own_notification(&self, pid: u32) -> bool {
         self.wake.is_own(pid)
@@ -168,6 +177,18 @@ impl Store {
     /// Extends the leases of retries `me` claimed and still runs.
     pub(crate) async fn renew_retries(&self, me: &str, ids: &[i64], until: DateTime<Utc>) -> Result<()> {
         on_backend!(self, renew_retries(me, ids, until))
+    }
+
+    /// A spread inbox's deliveries waiting to run, up to `cap`: rows not yet tried
+    /// and not held back behind a failing event of their key.
+    pub(crate) async fn queued(&self, inbox: &str, cap: usize) -> Result<usize> {
+        on_backend!(self, queued(inbox, cap))
+    }
+
+    /// Gives back claims `me` holds and will not run (stopping): free for any worker
+    /// at once, with no expiry counted.
+    pub(crate) async fn release_claims(&self, me: &str, ids: &[i64]) -> Result<()> {
+        on_backend!(self, release_claims(me, ids))
     }
 
     pub(crate) async fn complete_retries(

@@ -33,6 +33,8 @@ pub(crate) const NOTIFY_INTERVAL: Duration = Duration::from_millis(5);
 #[derive(Debug, Clone)]
 pub(crate) struct Wake {
     local: Arc<watch::Sender<u64>>,
+    /// Bumped when a spread inbox's events were copied into delivery rows here.
+    queued: Arc<watch::Sender<u64>>,
     remote: Arc<OnceLock<Arc<Notify>>>,
     /// Backend process id of the notifier's connection (0 until it connects).
     notifier_pid: Arc<AtomicU32>,
@@ -40,7 +42,12 @@ pub(crate) struct Wake {
 
 impl Default for Wake {
     fn default() -> Self {
-        Wake { local: Arc::new(watch::channel(0).0), remote: Arc::default(), notifier_pid: Arc::default() }
+        Wake {
+            local: Arc::new(watch::channel(0).0),
+            queued: Arc::new(watch::channel(0).0),
+            remote: Arc::default(),
+            notifier_pid: Arc::default(),
+        }
     }
 }
 
@@ -66,9 +73,25 @@ impl Wake {
         pid != 0 && self.notifier_pid.load(Ordering::Relaxed) == pid
     }
 
+    /// A receiver that changes after this process queued delivery rows of a spread inbox.
+    pub(crate) fn subscribe_queued(&self) -> watch::Receiver<u64> {
+        self.queued.subscribe()
+    }
+
+    /// After a spread inbox's events were copied into delivery rows: wakes this
+    /// process's claimers, and other processes' (whose listeners wake everything).
+    pub(crate) fn queued(&self, store: &Store) {
+        self.queued.send_modify(|n| *n = n.wrapping_add(1));
+        self.notify_others(store);
+    }
+
     /// After a commit that recorded events: wake here, and elsewhere via `NOTIFY`.
     pub(crate) fn committed(&self, store: &Store) {
         self.poke();
+        self.notify_others(store);
+    }
+
+    fn notify_others(&self, store: &Store) {
         if let Pool::Postgres(pool) = &store.pool {
             let notify = self.remote.get_or_init(|| {
                 let notify = Arc::new(Notify::new());

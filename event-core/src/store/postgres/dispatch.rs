@@ -569,6 +569,7 @@ pub(crate) async fn blocked_keys(pool: &PgPool, inbox: Option<&str>) -> Result<V
          (SELECT count(*) FROM herald_deliveries w WHERE w.inbox = d.inbox AND w.key = d.key AND NOT w.dead \
           AND w.id > d.id) AS waiting \
          FROM herald_deliveries d WHERE NOT d.dead AND d.key IS NOT NULL AND ($1::text IS NULL OR d.inbox = $1) \
+         AND (d.attempts > 0 OR d.expiries > 0) \
          AND NOT EXISTS (SELECT 1 FROM herald_deliveries h WHERE h.inbox = d.inbox AND h.key = d.key \
                          AND NOT h.dead AND h.id < d.id) \
          ORDER BY d.inbox, d.id",
@@ -605,7 +606,7 @@ pub(crate) async fn unblock_key(
         "UPDATE herald_deliveries SET next_at = $3, updated_at = $3, dead = $4, \
          last_error = CASE WHEN $4 THEN 'skipped by hand: ' || last_error ELSE last_error END \
          WHERE id = (SELECT id FROM herald_deliveries WHERE inbox = $1 AND key = $2 AND NOT dead ORDER BY id LIMIT 1) \
-         RETURNING event_id",
+         AND (attempts > 0 OR expiries > 0) RETURNING event_id",
     )
     .bind(inbox)
     .bind(key)
@@ -614,6 +615,33 @@ pub(crate) async fn unblock_key(
     .fetch_optional(pool)
     .await?;
     Ok(id.map(EventId))
+}
+
+pub(crate) async fn queued(pool: &PgPool, inbox: &str, cap: usize) -> Result<usize> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT 1 FROM herald_deliveries d WHERE d.inbox = $1 AND NOT d.dead \
+         AND d.attempts = 0 AND (d.key IS NULL OR NOT EXISTS (SELECT 1 FROM herald_deliveries h \
+         WHERE h.inbox = d.inbox AND h.key = d.key AND NOT h.dead AND h.attempts > 0 AND h.id < d.id)) LIMIT $2) t",
+    )
+    .bind(inbox)
+    .bind(cap as i64)
+    .fetch_one(pool)
+    .await?;
+    Ok(n as usize)
+}
+
+pub(crate) async fn release_claims(pool: &PgPool, me: &str, ids: &[i64]) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE herald_deliveries SET lease_owner = NULL, lease_until = NULL WHERE id = ANY($1) AND lease_owner = $2",
+    )
+    .bind(ids)
+    .bind(me)
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 pub(crate) async fn renew_retries(pool: &PgPool, me: &str, ids: &[i64], until: DateTime<Utc>) -> Result<()> {

@@ -375,6 +375,7 @@ pub(crate) async fn blocked_keys(pool: &SqlitePool, inbox: Option<&str>) -> Resu
          (SELECT count(*) FROM herald_deliveries w WHERE w.inbox = d.inbox AND w.key = d.key AND w.dead = 0 \
           AND w.id > d.id) AS waiting \
          FROM herald_deliveries d WHERE d.dead = 0 AND d.key IS NOT NULL AND (?1 IS NULL OR d.inbox = ?1) \
+         AND (d.attempts > 0 OR d.expiries > 0) \
          AND NOT EXISTS (SELECT 1 FROM herald_deliveries h WHERE h.inbox = d.inbox AND h.key = d.key \
                          AND h.dead = 0 AND h.id < d.id) \
          ORDER BY d.inbox, d.id",
@@ -412,7 +413,7 @@ pub(crate) async fn unblock_key(
         "UPDATE herald_deliveries SET next_at = ?3, updated_at = ?3, dead = ?4, \
          last_error = CASE WHEN ?4 THEN 'skipped by hand: ' || last_error ELSE last_error END \
          WHERE id = (SELECT id FROM herald_deliveries WHERE inbox = ?1 AND key = ?2 AND dead = 0 ORDER BY id LIMIT 1) \
-         RETURNING event_id",
+         AND (attempts > 0 OR expiries > 0) RETURNING event_id",
     )
     .bind(inbox)
     .bind(key)
@@ -421,6 +422,39 @@ pub(crate) async fn unblock_key(
     .fetch_optional(pool)
     .await?;
     Ok(id.map(EventId))
+}
+
+/// Ids as a JSON array, for `json_each`.
+fn id_list(ids: &[i64]) -> String {
+    format!("[{}]", ids.iter().map(i64::to_string).collect::<Vec<_>>().join(","))
+}
+
+pub(crate) async fn queued(pool: &SqlitePool, inbox: &str, cap: usize) -> Result<usize> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT 1 FROM herald_deliveries d WHERE d.inbox = ?1 AND d.dead = 0 \
+         AND d.attempts = 0 AND (d.key IS NULL OR NOT EXISTS (SELECT 1 FROM herald_deliveries h \
+         WHERE h.inbox = d.inbox AND h.key = d.key AND h.dead = 0 AND h.attempts > 0 AND h.id < d.id)) LIMIT ?2)",
+    )
+    .bind(inbox)
+    .bind(cap as i64)
+    .fetch_one(pool)
+    .await?;
+    Ok(n as usize)
+}
+
+pub(crate) async fn release_claims(pool: &SqlitePool, me: &str, ids: &[i64]) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE herald_deliveries SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?1 \
+         AND id IN (SELECT value FROM json_each(?2))",
+    )
+    .bind(me)
+    .bind(id_list(ids))
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 pub(crate) async fn renew_retries(pool: &SqlitePool, me: &str, ids: &[i64], until: DateTime<Utc>) -> Result<()> {
@@ -433,7 +467,7 @@ pub(crate) async fn renew_retries(pool: &SqlitePool, me: &str, ids: &[i64], unti
     )
     .bind(encode_time(until))
     .bind(me)
-    .bind(format!("[{}]", ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",")))
+    .bind(id_list(ids))
     .execute(pool)
     .await?;
     Ok(())
@@ -447,10 +481,10 @@ pub(crate) async fn complete_retries(
     now: DateTime<Utc>,
 ) -> Result<()> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    for id in succeeded {
-        sqlx::query("DELETE FROM herald_deliveries WHERE id = ? AND lease_owner = ?")
-            .bind(id)
+    if !succeeded.is_empty() {
+        sqlx::query("DELETE FROM herald_deliveries WHERE lease_owner = ?1 AND id IN (SELECT value FROM json_each(?2))")
             .bind(me)
+            .bind(id_list(succeeded))
             .execute(&mut *tx)
             .await?;
     }

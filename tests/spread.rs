@@ -1,0 +1,294 @@
+//! Spread inboxes (`#[inbox(spread = true)]`): the lease holder only copies events
+//! into delivery rows, and every worker claims them, each key's oldest only. Several
+//! dispatchers (worker ids of their own, as processes would be) share one inbox's
+//! work; each key stays in commit order across retries; a failing event blocks its
+//! key only; a stopping worker gives back what it claimed and did not start.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use herald::prelude::*;
+use herald::{Context, Dispatcher, InboxError, Registry, inbox};
+use serde_json::json;
+
+/// Which worker ran a delivery: a resource of each dispatcher.
+struct Worker(&'static str);
+
+async fn create_runs(store: &Store) {
+    let sql = match store.backend() {
+        herald::Backend::Sqlite => {
+            "CREATE TABLE runs (n INTEGER PRIMARY KEY AUTOINCREMENT, worker TEXT NOT NULL, subject TEXT NOT NULL, \
+             seq BIGINT NOT NULL, attempt INTEGER NOT NULL, ok BOOLEAN NOT NULL, event_id BIGINT NOT NULL)"
+        }
+        _ => {
+            "CREATE TABLE runs (n BIGSERIAL PRIMARY KEY, worker TEXT NOT NULL, subject TEXT NOT NULL, \
+             seq BIGINT NOT NULL, attempt INTEGER NOT NULL, ok BOOLEAN NOT NULL, event_id BIGINT NOT NULL)"
+        }
+    };
+    common::execute(store, sql).await.expect("create runs");
+}
+
+/// Notes a run (before the handler returns): which worker, which event, and whether
+/// it succeeds. Fails the first `fail` attempts (metadata); sleeps `ms` first.
+async fn noted_run(event: &Event, cx: &Context) -> Result<(), InboxError> {
+    let ms = event.meta("ms").and_then(|v| v.as_u64()).unwrap_or(0);
+    if ms > 0 {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let fail = event.meta("fail").and_then(|v| v.as_u64()).unwrap_or(0);
+    let ok = u64::from(cx.attempt()) > fail;
+    let worker = cx.resource::<Worker>()?.0;
+    let seq = event.meta("seq").and_then(|v| v.as_i64()).unwrap_or(-1);
+    let (subject, attempt, id) = (event.subject.id.clone(), cx.attempt() as i32, event.id.0);
+    let sql = match cx.store().backend() {
+        herald::Backend::Sqlite => {
+            "INSERT INTO runs (worker, subject, seq, attempt, ok, event_id) VALUES (?, ?, ?, ?, ?, ?)"
+        }
+        _ => "INSERT INTO runs (worker, subject, seq, attempt, ok, event_id) VALUES ($1, $2, $3, $4, $5, $6)",
+    };
+    let store = cx.store();
+    match (store.sqlite_pool(), store.postgres_pool()) {
+        (Some(p), _) => {
+            sqlx::query(sql).bind(worker).bind(subject).bind(seq).bind(attempt).bind(ok).bind(id).execute(p).await?;
+        }
+        (_, Some(p)) => {
+            sqlx::query(sql).bind(worker).bind(subject).bind(seq).bind(attempt).bind(ok).bind(id).execute(p).await?;
+        }
+        _ => unreachable!("a store has one pool"),
+    }
+    if ok { Ok(()) } else { Err(InboxError::retry(format!("attempt {attempt} of seq {seq}"))) }
+}
+
+#[inbox(subject = "spr", spread = true, backoff = "5ms", backoff_max = "20ms", max_attempts = 100)]
+async fn spread_sync(event: &Event, cx: &Context) -> Result<(), InboxError> {
+    noted_run(event, cx).await
+}
+
+#[inbox(subject = "spk", spread = true, backoff = "1h", max_attempts = 5)]
+async fn spread_blocking(event: &Event, cx: &Context) -> Result<(), InboxError> {
+    noted_run(event, cx).await
+}
+
+/// `(worker, subject, seq, attempt, ok, event_id)` of every run, in the order they were noted.
+async fn runs(store: &Store) -> Vec<(String, String, i64, i32, bool, i64)> {
+    let sql = "SELECT worker, subject, seq, attempt, ok, event_id FROM runs ORDER BY n";
+    match (store.sqlite_pool(), store.postgres_pool()) {
+        (Some(p), _) => sqlx::query_as(sql).fetch_all(p).await,
+        (_, Some(p)) => sqlx::query_as(sql).fetch_all(p).await,
+        _ => unreachable!("a store has one pool"),
+    }
+    .expect("read runs")
+}
+
+fn only(name: &'static str) -> Registry {
+    Registry::collect().expect("registry").retain(move |d| d.name.rsplit("::").next() == Some(name))
+}
+
+fn worker(store: &Store, name: &'static str, inbox: &'static str, concurrency: usize) -> Dispatcher {
+    Dispatcher::builder(store.clone())
+        .registry(only(inbox))
+        .resource(Worker(name))
+        .worker_id(name)
+        .concurrency(concurrency)
+        .batch_size(20)
+        .lease(Duration::from_secs(5))
+        .poll_interval(Duration::from_millis(50))
+        .build()
+        .unwrap()
+}
+
+fn start(d: &Dispatcher) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<herald::Result<()>>) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(d.clone().run(async move {
+        let _ = stopped.await;
+    }));
+    (stop, run)
+}
+
+/// Records `per` events on each of `subjects` subjects of `kind`, interleaved, one
+/// transaction each, with metadata from `meta(subject, seq)`.
+async fn record(store: &Store, kind: &str, subjects: u64, per: i64, meta: impl Fn(u64, i64) -> serde_json::Value) {
+    for seq in 0..per {
+        for s in 0..subjects {
+            let mut tx = store.begin().await.unwrap();
+            tx.record(Subject::new(kind, s), "changed", Actor::system()).metadata(meta(s, seq)).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+    }
+}
+
+async fn wait_for_successes(store: &Store, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let done = runs(store).await.iter().filter(|r| r.4).count();
+        if done >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{done} of {n} delivered after 60 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Each subject's runs in commit order: seq never goes back, an event runs until it
+/// succeeds before the next of its subject starts, every event delivered once.
+fn assert_in_order(runs: &[(String, String, i64, i32, bool, i64)], subjects: u64, per: i64) {
+    for s in 0..subjects {
+        let mine: Vec<_> = runs.iter().filter(|r| r.1 == s.to_string()).collect();
+        let mut expected = 0;
+        for (i, r) in mine.iter().enumerate() {
+            assert_eq!(
+                r.2, expected,
+                "subject {s}: run {i} is seq {} (attempt {}), expected {expected}: {mine:?}",
+                r.2, r.3
+            );
+            if r.4 {
+                expected += 1;
+            }
+        }
+        assert_eq!(expected, per, "subject {s}: every event delivered: {mine:?}");
+    }
+}
+
+backend_test!(a_spread_inbox_delivers_everything_once_under_drain, |store| async move {
+    create_runs(&store).await;
+    let d = worker(&store, "a", "spread_sync", 4);
+    d.register().await.unwrap();
+    record(&store, "spr", 10, 30, |_, seq| json!({"seq": seq})).await;
+    let drained = d.drain().await.unwrap();
+    assert_eq!(drained.delivered, 300);
+    let got = runs(&store).await;
+    assert_eq!(got.len(), 300, "each event ran once");
+    assert_in_order(&got, 10, 30);
+    // Nothing left behind: the rows were completed, the checkpoint passed them all.
+    let status = d.status().await.unwrap();
+    assert_eq!((status[0].pending, status[0].retrying, status[0].dead), (Some(0), 0, 0), "{status:?}");
+    assert_eq!(d.drain().await.unwrap().delivered, 0);
+});
+
+backend_test!(workers_share_a_spread_inbox_and_keep_each_subject_in_order, |store| async move {
+    create_runs(&store).await;
+    let workers: Vec<Dispatcher> = ["a", "b", "c"].into_iter().map(|w| worker(&store, w, "spread_sync", 4)).collect();
+    workers[0].register().await.unwrap();
+    let running: Vec<_> = workers.iter().map(start).collect();
+    // 20 ms handlers, about one in five failing once or twice: every worker gets a share.
+    record(&store, "spr", 30, 8, |s, seq| {
+        let fail = match (seq as u64 * 7 + s * 13) % 10 {
+            0 => 2,
+            1 => 1,
+            _ => 0,
+        };
+        json!({"seq": seq, "fail": fail, "ms": 20})
+    })
+    .await;
+    wait_for_successes(&store, 240).await;
+    for (stop, run) in running {
+        stop.send(()).unwrap();
+        run.await.unwrap().unwrap();
+    }
+    let got = runs(&store).await;
+    assert_in_order(&got, 30, 8);
+    let mut per_worker: HashMap<&str, usize> = HashMap::new();
+    for r in got.iter().filter(|r| r.4) {
+        *per_worker.entry(r.0.as_str()).or_default() += 1;
+    }
+    for w in ["a", "b", "c"] {
+        let n = per_worker.get(w).copied().unwrap_or(0);
+        assert!(n >= 240 / 10, "worker {w} ran {n} of 240 deliveries: the inbox was not spread: {per_worker:?}");
+    }
+    let status = workers[0].status().await.unwrap();
+    assert_eq!((status[0].pending, status[0].retrying, status[0].dead), (Some(0), 0, 0), "{status:?}");
+});
+
+backend_test!(a_failing_event_of_a_spread_inbox_blocks_its_key_only, |store| async move {
+    create_runs(&store).await;
+    let d = worker(&store, "a", "spread_blocking", 4);
+    d.register().await.unwrap();
+    // Subject 1's first event fails for good; subjects 0 and 2 flow.
+    record(&store, "spk", 3, 4, |s, seq| json!({"seq": seq, "fail": if s == 1 && seq == 0 { 1000 } else { 0 }})).await;
+    d.drain().await.unwrap();
+    let got = runs(&store).await;
+    let ok = |s: &str| got.iter().filter(|r| r.1 == s && r.4).map(|r| r.2).collect::<Vec<_>>();
+    assert_eq!((ok("0"), ok("2")), (vec![0, 1, 2, 3], vec![0, 1, 2, 3]), "the other keys flow: {got:?}");
+    assert_eq!(got.iter().filter(|r| r.1 == "1").count(), 1, "only the failing head ran: {got:?}");
+
+    // Listed as blocked (the head failed); keys merely queued are not.
+    let blocked = store.blocked_keys(None).await.unwrap();
+    assert_eq!(blocked.len(), 1, "{blocked:?}");
+    assert_eq!((blocked[0].key.as_str(), blocked[0].attempts, blocked[0].waiting), ("spk:1", 1, 3));
+    assert_eq!(blocked[0].last_error, "attempt 1 of seq 0");
+
+    // Skipped by hand, the rest of the key goes, in order.
+    store.skip_key("spread::spread_blocking", "spk:1").await.unwrap();
+    d.drain().await.unwrap();
+    let got = runs(&store).await;
+    let ok1: Vec<i64> = got.iter().filter(|r| r.1 == "1" && r.4).map(|r| r.2).collect();
+    assert_eq!(ok1, [1, 2, 3]);
+    assert_eq!(store.blocked_keys(None).await.unwrap(), []);
+});
+
+backend_test!(queued_but_not_failed_keys_are_not_blocked, |store| async move {
+    create_runs(&store).await;
+    // One slot and slow handlers: the pump copies everything, the rows wait their turn.
+    let d = worker(&store, "a", "spread_sync", 1);
+    d.register().await.unwrap();
+    record(&store, "spr", 2, 3, |_, seq| json!({"seq": seq, "ms": 400})).await;
+    let (stop, run) = start(&d);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = d.status().await.unwrap();
+        if status[0].pending == Some(0) {
+            assert!(status[0].retrying >= 5, "the rows wait in herald_deliveries: {status:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the pump copied nothing: {status:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Merely queued: no key is blocked, none can be retried or skipped.
+    assert_eq!(store.blocked_keys(None).await.unwrap(), []);
+    let skip = store.skip_key("spread::spread_sync", "spr:1").await;
+    assert!(matches!(skip, Err(herald::Error::NotBlocked { .. })), "{skip:?}");
+    wait_for_successes(&store, 6).await;
+    stop.send(()).unwrap();
+    run.await.unwrap().unwrap();
+    assert_in_order(&runs(&store).await, 2, 3);
+});
+
+/// Delivery rows claimed by worker `w` (its id, plus the per-run suffix).
+async fn claims_of(store: &Store, w: &str) -> i64 {
+    let sql = format!("SELECT COUNT(*) FROM herald_deliveries WHERE lease_owner LIKE '{w}%'");
+    match (store.sqlite_pool(), store.postgres_pool()) {
+        (Some(p), _) => sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(p).await,
+        (_, Some(p)) => sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(p).await,
+        _ => unreachable!("a store has one pool"),
+    }
+    .expect("count claims")
+}
+
+backend_test!(a_stopping_worker_gives_back_what_it_claimed_and_did_not_start, |store| async move {
+    create_runs(&store).await;
+    // One slot, slow handlers: a claims a little ahead of what it runs.
+    let a = worker(&store, "a", "spread_sync", 1);
+    a.register().await.unwrap();
+    record(&store, "spr", 20, 1, |_, seq| json!({"seq": seq, "ms": 2000})).await;
+    let (stop, run) = start(&a);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(claims_of(&store, "a").await, 2, "one running, one claimed ahead");
+    // a stops while its first delivery runs: what it claimed and did not start is free
+    // for any worker now, not when a's lease (5 s) runs out or a's run ends.
+    stop.send(()).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(claims_of(&store, "a").await, 1, "a holds only the delivery it runs");
+    let b = worker(&store, "b", "spread_sync", 20);
+    let drained = b.drain().await.unwrap();
+    run.await.unwrap().unwrap();
+    let got = runs(&store).await;
+    let by_a = got.iter().filter(|r| r.0 == "a").count();
+    assert_eq!(by_a, 1, "a finished the one it was running: {got:?}");
+    assert_eq!(drained.delivered, 19, "b ran everything else: {got:?}");
+    let mut ids: Vec<i64> = got.iter().map(|r| r.5).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 20, "every event ran once: {got:?}");
+});
