@@ -36,6 +36,17 @@ async fn poison(event: &Event, cx: &Context) -> Result<(), InboxError> {
 /// its subject's sequence number; events marked `fail` fail their first attempt.
 #[inbox(subject = "ordered", backoff = "10ms", backoff_max = "50ms", max_attempts = 50)]
 async fn ordered_log(event: &Event, cx: &Context) -> Result<(), InboxError> {
+    log_in_order(event, cx).await
+}
+
+/// The same, spread over every worker process: each claims deliveries, each key's
+/// oldest only.
+#[inbox(subject = "ordered_spread", spread = true, backoff = "10ms", backoff_max = "50ms", max_attempts = 50)]
+async fn ordered_spread(event: &Event, cx: &Context) -> Result<(), InboxError> {
+    log_in_order(event, cx).await
+}
+
+async fn log_in_order(event: &Event, cx: &Context) -> Result<(), InboxError> {
     let pool = cx.store().postgres_pool().ok_or_else(|| InboxError::give_up("PostgreSQL only"))?;
     let seq = event.meta("seq").and_then(|v| v.as_i64()).unwrap_or(-1);
     let ok = !(event.meta("fail").is_some() && cx.attempt() == 1);

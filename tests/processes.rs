@@ -390,6 +390,19 @@ async fn killed_workers_and_a_server_restart_lose_nothing_postgres() {
 // one that had, after a kill, is allowed and counted), and every event succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_subject_stays_in_order_through_kills_and_failures_postgres() {
+    in_order_through_kills("ordered").await;
+}
+
+// The same with a spread inbox: every worker process claims its deliveries, the
+// killed ones' claims are taken over when their leases expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spread_inbox_keeps_each_subject_in_order_through_kills_and_failures_postgres() {
+    in_order_through_kills("ordered_spread").await;
+}
+
+/// Records events of `kind` (the subject type of one of the worker's ordered inboxes)
+/// while workers are killed, and checks each subject's runs.
+async fn in_order_through_kills(kind: &'static str) {
     let Some(db) = setup().await else { return };
     let store = db.store.clone();
     let mut workers: Vec<Worker> = (0..3).map(|n| Worker::start_with(&db, &format!("o{n}"), None)).collect();
@@ -404,7 +417,7 @@ async fn each_subject_stays_in_order_through_kills_and_failures_postgres() {
                     let events = (chunk * 100..chunk * 100 + 100).map(|s| {
                         let fail = (s * 7 + seq * 3) % 7 == 0;
                         let meta = if fail { json!({"seq": seq, "fail": true}) } else { json!({"seq": seq}) };
-                        NewEvent::new(Subject::new("ordered", s), "changed", Actor::system()).metadata(meta)
+                        NewEvent::new(Subject::new(kind, s), "changed", Actor::system()).metadata(meta)
                     });
                     tx.record_all(events).await.unwrap();
                     tx.commit().await.unwrap();
@@ -449,7 +462,7 @@ async fn each_subject_stays_in_order_through_kills_and_failures_postgres() {
             failures += 1;
         }
     }
-    eprintln!("order: {kills} kills, {} runs, {failures} injected failures, {repeats} repeats", runs.len());
+    eprintln!("order ({kind}): {kills} kills, {} runs, {failures} injected failures, {repeats} repeats", runs.len());
     assert_eq!(done, want, "every event of every subject succeeded");
     assert!(passed.values().all(|p| *p == per - 1) && passed.len() == subjects as usize);
     assert!(failures > 1_000, "failures were injected: {failures}");

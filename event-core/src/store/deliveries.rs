@@ -188,7 +188,7 @@ impl Store {
     /// Gives back claims `me` holds and will not run (stopping): free for any worker
     /// at once, with no expiry counted.
     pub(crate) async fn release_claims(&self, me: &str, ids: &[i64]) -> Result<()> {
-        on_backend!(self, release_claims(me, ids))
+        on_backend!(self, release_claims(me, ids, crate::model::now()))
     }
 
     pub(crate) async fn complete_retries(
@@ -202,7 +202,7 @@ impl Store {
     }
 
     pub(crate) async fn release_leases(&self, me: &str) -> Result<()> {
-        on_backend!(self, release(me))
+        on_backend!(self, release(me, crate::model::now()))
     }
 
     /// Which of `keys` are held back in `inbox`, and whether any key of it is.

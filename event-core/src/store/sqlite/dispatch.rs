@@ -307,7 +307,7 @@ pub(crate) async fn claim_retries(
     limit: usize,
 ) -> Result<Vec<Claimed>> {
     let rows = sqlx::query(
-        "UPDATE herald_deliveries SET lease_owner = ?1, lease_until = ?2, \
+        "UPDATE herald_deliveries SET lease_owner = ?1, lease_until = ?2, next_at = ?2, \
          expiries = expiries + (lease_until IS NOT NULL) \
          WHERE id IN (SELECT id FROM herald_deliveries r WHERE dead = 0 AND next_at <= ?3 \
          AND (lease_until IS NULL OR lease_until < ?3) \
@@ -442,16 +442,17 @@ pub(crate) async fn queued(pool: &SqlitePool, inbox: &str, cap: usize) -> Result
     Ok(n as usize)
 }
 
-pub(crate) async fn release_claims(pool: &SqlitePool, me: &str, ids: &[i64]) -> Result<()> {
+pub(crate) async fn release_claims(pool: &SqlitePool, me: &str, ids: &[i64], now: DateTime<Utc>) -> Result<()> {
     if ids.is_empty() {
         return Ok(());
     }
     sqlx::query(
-        "UPDATE herald_deliveries SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?1 \
+        "UPDATE herald_deliveries SET lease_owner = NULL, lease_until = NULL, next_at = ?3 WHERE lease_owner = ?1 \
          AND id IN (SELECT value FROM json_each(?2))",
     )
     .bind(me)
     .bind(id_list(ids))
+    .bind(encode_time(now))
     .execute(pool)
     .await?;
     Ok(())
@@ -462,7 +463,7 @@ pub(crate) async fn renew_retries(pool: &SqlitePool, me: &str, ids: &[i64], unti
         return Ok(());
     }
     sqlx::query(
-        "UPDATE herald_deliveries SET lease_until = ?1 WHERE lease_owner = ?2 \
+        "UPDATE herald_deliveries SET lease_until = ?1, next_at = ?1 WHERE lease_owner = ?2 \
          AND id IN (SELECT value FROM json_each(?3))",
     )
     .bind(encode_time(until))
@@ -507,16 +508,19 @@ pub(crate) async fn complete_retries(
     Ok(())
 }
 
-pub(crate) async fn release(pool: &SqlitePool, me: &str) -> Result<()> {
+pub(crate) async fn release(pool: &SqlitePool, me: &str, now: DateTime<Utc>) -> Result<()> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     sqlx::query("UPDATE herald_inboxes SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?")
         .bind(me)
         .execute(&mut *tx)
         .await?;
-    sqlx::query("UPDATE herald_deliveries SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?")
-        .bind(me)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "UPDATE herald_deliveries SET lease_owner = NULL, lease_until = NULL, next_at = ? WHERE lease_owner = ?",
+    )
+    .bind(encode_time(now))
+    .bind(me)
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(())
 }
