@@ -22,8 +22,8 @@
 //!    transaction, fresh and stale statistics, new warmed pools): [`harness`];
 //! 9. a slow inbox (50 ms handlers, with and without a 2 s tail) under 1,000 events/s
 //!    offered: [`slow`];
-//! 10. a spread inbox (20 ms handlers) drained by 1, 2 and 3 worker processes
-//!     (PostgreSQL; this binary started again as the workers): [`spread`].
+//! 10. a spread inbox (20 ms handlers) drained by 1, 2 and 3 worker processes (this
+//!     binary started again as the workers): [`spread`].
 //!
 //! Progress goes to stderr; the tables per backend go to stdout at the end of each backend.
 
@@ -398,7 +398,7 @@ async fn run_backend(name: &str, backend: &Backend, cfg: &Config) -> Result<(), 
         slow::run(backend, cfg, &mut report).await?;
         progress();
     }
-    if backend.is_postgres() && wanted("spread") {
+    if wanted("spread") {
         spread::run(backend, cfg, &mut report).await?;
         progress();
     }

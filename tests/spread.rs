@@ -274,7 +274,8 @@ backend_test!(a_stopping_worker_gives_back_what_it_claimed_and_did_not_start, |s
     record(&store, "spr", 20, 1, |_, seq| json!({"seq": seq, "ms": 2000})).await;
     let (stop, run) = start(&a);
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(claims_of(&store, "a").await, 2, "one running, one claimed ahead");
+    let before = claims_of(&store, "a").await;
+    assert!(before >= 2, "one running, at least one claimed ahead: {before}");
     // a stops while its first delivery runs: what it claimed and did not start is free
     // for any worker now, not when a's lease (5 s) runs out or a's run ends.
     stop.send(()).unwrap();

@@ -1,10 +1,12 @@
-//! Scenario 10: a spread inbox across processes (PostgreSQL). A backlog of events for
+//! Scenario 10: a spread inbox across processes. A backlog of events for
 //! an inbox whose handler takes 20 ms (`#[inbox(spread = true)]`) is drained by 1, 2
 //! and 3 worker processes, each a dispatcher with concurrency 16 (≈ 800/s alone):
 //! this bench binary started again as a worker (`HERALD_BENCH_WORKER`). Each process
 //! count gets a backlog of 4,000 events per process, so every run lasts about 5 s.
 //! The figure is events/s from starting the workers to the inbox having passed and
 //! completed every event; the ratio is against the ideal, n × one process's rate.
+//! On SQLite the processes share the database file: its single writer (every claim
+//! and completion is a write) bounds what more processes can add.
 
 use std::io::Write;
 use std::process::{Child, Command, Stdio};
@@ -36,8 +38,12 @@ pub(super) async fn worker() -> Result<bool, BoxError> {
     let (Some(url), Some(schema), Some(id)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(format!("{WORKER} must be `url schema id`, got {spec:?}").into());
     };
-    let opts = PgConnectOptions::from_str(url)?.options([("search_path", schema)]);
-    let store = Store::from_postgres(PgPoolOptions::new().max_connections(10).connect_with(opts).await?);
+    let store = if url.starts_with("sqlite:") {
+        Store::connect(url).await?
+    } else {
+        let opts = PgConnectOptions::from_str(url)?.options([("search_path", schema)]);
+        Store::from_postgres(PgPoolOptions::new().max_connections(10).connect_with(opts).await?)
+    };
     let dispatcher = Dispatcher::builder(store)
         .registry(inboxes(|n| n == "spread_slow")?)
         .worker_id(id)
@@ -95,15 +101,18 @@ async fn drain_with(url: &str, schema: &str, store: &Store, processes: usize, ro
 }
 
 pub(super) async fn run(backend: &Backend, cfg: &Config, report: &mut Report) -> Result<(), BoxError> {
-    let Backend::Postgres(url) = backend else { return Ok(()) };
     let db = backend.fresh("spread").await?;
-    let schema = "herald_bench_spread";
+    let (url, schema) = match (backend, &db.cleanup) {
+        (Backend::Postgres(url), _) => (url.clone(), "herald_bench_spread"),
+        (Backend::Sqlite, super::Cleanup::File(path)) => (format!("sqlite://{}", path.display()), "-"),
+        _ => return Err("a SQLite bench database is a file".into()),
+    };
     let rounds = if cfg.quick { 1 } else { 2 };
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); 3];
     for round in 0..rounds {
         let order: Vec<usize> = if round % 2 == 0 { vec![1, 2, 3] } else { vec![3, 2, 1] };
         for processes in order {
-            let rate = drain_with(url, schema, &db.store, processes, round).await?;
+            let rate = drain_with(&url, schema, &db.store, processes, round).await?;
             eprintln!("  [10. spread, {processes} process(es)] round {}: {rate:.0}/s", round + 1);
             rates[processes - 1].push(rate);
         }

@@ -13,12 +13,13 @@
 //!   the **low watermark**, the position before the oldest event not yet finished (one
 //!   `UPDATE` about once per batch, or every 100 ms while work goes on). Events finish
 //!   in any order; nothing waits for a batch's slowest event but the checkpoint.
-//! - `herald_deliveries`: one row per delivery that failed, with its attempts, next
-//!   attempt time, last error and lease; dead letters are the rows marked `dead`.
-//!   Each inbox has a retry task of its own that claims its due retries up to its
-//!   concurrency (`FOR UPDATE SKIP LOCKED` on PostgreSQL), runs them side by side with
-//!   their leases renewed, and completes each as soon as it is done: one inbox's slow
-//!   retries delay no other inbox's, and a slow retry is not mistaken for a crash.
+//! - `herald_deliveries`: one row per delivery that failed (and per event of a
+//!   *spread* inbox, below), with its attempts, next attempt time, last error and
+//!   lease; dead letters are the rows marked `dead`. Each inbox has a claim task of
+//!   its own that claims its ready rows as handlers free up (`FOR UPDATE SKIP LOCKED`
+//!   on PostgreSQL), runs them side by side with their leases renewed, and completes
+//!   them as they finish: one inbox's slow retries delay no other inbox's, and a slow
+//!   retry is not mistaken for a crash.
 //!
 //! **Write cost per event**: zero rows for a successful delivery. Recording writes only
 //! the event; each inbox writes one checkpoint `UPDATE` per batch (up to
@@ -35,7 +36,7 @@
 //!
 //! # Order: delivery by key
 //!
-//! Every inbox has a key ([`Key`](crate::inbox::Key); `#[inbox(key = "subject" |
+//! Every inbox has a key ([`Key`]; `#[inbox(key = "subject" |
 //! "actor" | "correlation" | "none" | path::to::fn)]`), by default the subject:
 //!
 //! - **Events of one key reach the inbox in commit order, one at a time**, across
@@ -52,6 +53,35 @@
 //! - A crash re-delivers what was not yet passed, in order again: a key's events may
 //!   then run twice (at least once), never out of order. A dead letter retried by
 //!   hand ([`Store::retry_dead`]) runs after the later events of its key.
+//!
+//! # Spread inboxes
+//!
+//! An inbox is streamed by one worker at a time (its lease holder): the cheapest path,
+//! and enough for fast handlers. A slow inbox (a webhook, an email, a sync: 20-500 ms
+//! a call) that needs more handlers than one process should run says
+//! `#[inbox(spread = true)]` ([`InboxDef::spread`]):
+//!
+//! - its lease holder becomes a **pump**: it reads batches as before and copies each
+//!   batch's events, set-based, into `herald_deliveries` rows (attempts 0) in the
+//!   transaction that moves its checkpoint, so an event is copied exactly once. It
+//!   stops copying while 1,000 rows (or 4 batches) wait to run and looks again every
+//!   50 ms; rows held back behind a failing event of their key do not count;
+//! - every dispatcher, in every process, runs the inbox's **claim stream** (the same
+//!   one that runs retries): it claims ready rows with `FOR UPDATE SKIP LOCKED`, only
+//!   the oldest live row of each key, so each key still goes one event at a time in
+//!   commit order, claims again as soon as handlers free up (in chunks of at least the
+//!   concurrency), completes what finished in one statement, and renews the leases of
+//!   what it holds. A claimed row's `next_at` is its lease end: claims walk only ready
+//!   rows, and a row whose worker died is due when its lease runs out (its expiries
+//!   counted, as for any crashed delivery). A stopping worker gives back what it
+//!   claimed and did not start;
+//! - failures, backoff, dead letters, blocked keys and timeouts work as for any inbox.
+//!   A key merely waiting its turn is not blocked: [`Store::blocked_keys`] lists heads
+//!   that failed (or whose worker died).
+//!
+//! The cost: three row writes per event (copy, claim, delete) where a streamed inbox
+//! writes none. A copy wakes the claimers of this process at once and other
+//! processes through `NOTIFY`.
 //!
 //! **Commit order, and what may delay an event.** PostgreSQL sequence values are
 //! taken at insert, not at commit: a transaction holding id 10 can commit after one
@@ -328,6 +358,8 @@ pub(crate) struct Claimed {
     pub(crate) attempts: u32,
     pub(crate) expiries: u32,
     pub(crate) key: Option<String>,
+    /// Whether later rows of its key wait behind it (claimable once it is done).
+    pub(crate) next: bool,
 }
 
 /// A delivery that will not be attempted again unless retried by hand
@@ -385,9 +417,12 @@ pub struct InboxStatus {
     /// Whether an inbox of this name is registered in this program. Deliveries of an
     /// unregistered name stay where they are and are reported here.
     pub registered: bool,
-    /// Matching events committed but not yet delivered (the lag); `None` when unregistered.
+    /// Matching events committed and not yet passed by the inbox's checkpoint (the
+    /// lag); `None` when unregistered.
     pub pending: Option<i64>,
-    /// Failed deliveries waiting for a retry.
+    /// Deliveries waiting in `herald_deliveries`: failed ones waiting for a retry, the
+    /// later events of their keys parked behind them, and a spread inbox's copied
+    /// events not yet delivered. The inbox is done when this and `pending` are 0.
     pub retrying: i64,
     /// Dead deliveries.
     pub dead: i64,
@@ -1647,9 +1682,9 @@ impl Dispatcher {
     /// while the rest run, and renews the leases of what it holds.
     ///
     /// How far ahead it claims adapts: about one claim's round trip of work beyond
-    /// the running handlers (fast handlers: up to 100 rows a claim, as a job queue's
-    /// claim loop; slow ones: hardly more than the free handlers, so other processes
-    /// get the rest).
+    /// the running handlers, and at least as many rows again as the concurrency (fast
+    /// handlers: up to 100 rows a claim, as a job queue's claim loop; slow ones: a
+    /// chunk per claim, not one row per finished handler).
     ///
     /// `live` (under [`run`](Self::run)): wake-ups and the stop signal; it returns only
     /// at stop. `None` (under [`drain`](Self::drain)): returns once nothing is
@@ -1658,6 +1693,8 @@ impl Dispatcher {
         use crate::concurrent::alongside;
         /// The most rows one claim takes.
         const CLAIM_MAX: usize = 100;
+        /// The longest a finished delivery waits for its completion to be written.
+        const COMPLETE_AFTER: Duration = Duration::from_millis(5);
         let inner = &*self.inner;
         let store = &inner.store;
         let concurrency = inner.concurrency;
@@ -1668,20 +1705,23 @@ impl Dispatcher {
         let (mut ok, mut failed): (Vec<i64>, Vec<(i64, Failure)>) = (Vec::new(), Vec::new());
         let mut pass = Pass::default();
         // Average handler run and claim round trip, for how far ahead to claim.
-        let (mut handler_secs, mut claim_secs) = (0.01_f64, 0.001_f64);
+        let (mut handler_secs, mut claim_secs) = (0.001_f64, 0.001_f64);
         let (mut want, mut stopping) = (true, false);
         let mut last_renew = tokio::time::Instant::now();
+        // When the oldest finished delivery not yet completed finished.
+        let mut first_done: Option<tokio::time::Instant> = None;
         let names = [def.name];
         let (mut commits, mut queued, mut stop) = match live {
             Some(l) => (Some(l.commits), Some(l.queued), Some(l.stop)),
             None => (None, None, None),
         };
         loop {
-            for ((id, key, started), out) in landed.drain(..) {
-                let secs = started.elapsed().as_secs_f64();
-                handler_secs = 0.8 * handler_secs + 0.2 * secs;
+            for ((id, next), out) in landed.drain(..) {
                 let c = match &out {
-                    Ok(c) => c,
+                    Ok((c, took)) => {
+                        handler_secs = 0.5 * handler_secs + 0.5 * took.as_secs_f64();
+                        c
+                    }
                     Err(panic) => {
                         // Outside the handler (whose panics fail the delivery): the row
                         // is left to its lease, which stops being renewed.
@@ -1700,19 +1740,37 @@ impl Dispatcher {
                         failed.push((id, f.clone()));
                     }
                 }
+                first_done.get_or_insert_with(tokio::time::Instant::now);
                 // A keyed delivery that succeeded or died lets the next event of its key go.
-                want |= key.is_some() && c.as_ref().is_none_or(|f| f.dead);
+                want |= next && c.as_ref().is_none_or(|f| f.dead);
             }
             // Freed handlers take claimed rows first; the completion runs alongside them.
             while running.len() < concurrency
                 && !stopping
                 && let Some(c) = queue.pop_front()
             {
-                let (id, key) = (c.id, c.key.clone());
-                running.push((id, key, tokio::time::Instant::now()), self.run_claimed(def, c));
+                running.push((c.id, c.next), self.run_claimed(def, c));
             }
-            if !ok.is_empty() || !failed.is_empty() {
+            // At least the concurrency ahead: claims come in chunks, not one row per
+            // finished handler (each claim is a statement walking the ready rows).
+            let ahead = ((concurrency as f64 * claim_secs / handler_secs.max(1e-6)).ceil() as usize)
+                .max(concurrency)
+                .min(CLAIM_MAX.saturating_sub(concurrency).max(concurrency));
+            let target = concurrency + ahead;
+            let claim_soon = !stopping && want && queue.len() <= ahead / 2;
+            // Completions go in batches (one statement each): before a claim (what
+            // finished frees its key, and room), when nothing else is left to run, at
+            // stop, or once the oldest has waited COMPLETE_AFTER.
+            let done = ok.len() + failed.len();
+            if done > 0
+                && (claim_soon
+                    || stopping
+                    || (running.is_empty() && queue.is_empty())
+                    || done >= CLAIM_MAX
+                    || first_done.is_some_and(|t| t.elapsed() >= COMPLETE_AFTER))
+            {
                 let (o, f) = (std::mem::take(&mut ok), std::mem::take(&mut failed));
+                first_done = None;
                 alongside(&mut running, &mut landed, store.complete_retries(&inner.me, &o, &f, now())).await?;
                 for id in o.iter().chain(f.iter().map(|(id, _)| id)) {
                     held.remove(id);
@@ -1726,13 +1784,7 @@ impl Dispatcher {
                     held.remove(id);
                 }
             }
-            // At least the concurrency ahead: claims come in chunks, not one row per
-            // finished handler (each claim is a statement walking the ready rows).
-            let ahead = ((concurrency as f64 * claim_secs / handler_secs.max(1e-6)).ceil() as usize)
-                .max(concurrency)
-                .min(CLAIM_MAX.saturating_sub(concurrency).max(concurrency));
-            let target = concurrency + ahead;
-            if !stopping && want && held.len() < target && queue.len() <= ahead / 2 {
+            if claim_soon && held.len() < target {
                 let limit = (target - held.len()).min(CLAIM_MAX);
                 let (t, started) = (now(), tokio::time::Instant::now());
                 let claim = store.claim_retries(&inner.me, &names, t, t + chrono_of(inner.lease), limit);
@@ -1746,7 +1798,7 @@ impl Dispatcher {
                 queue.extend(claimed);
                 continue;
             }
-            let idle = running.is_empty() && queue.is_empty() && landed.is_empty();
+            let idle = running.is_empty() && queue.is_empty() && landed.is_empty() && first_done.is_none();
             if idle && (stopping || (stop.is_none() && !want)) {
                 return Ok(pass);
             }
@@ -1755,8 +1807,10 @@ impl Dispatcher {
             }
             let renew_at = last_renew + inner.lease / 3;
             let live_wait = stop.is_some() && !stopping;
+            let complete_at = first_done.map(|t| t + COMPLETE_AFTER);
             tokio::select! {
                 () = running.settle(&mut landed), if !running.is_empty() => {}
+                _ = sleep_until_some(complete_at), if complete_at.is_some() => {}
                 _ = tokio::time::sleep_until(renew_at), if !held.is_empty() => {
                     last_renew = tokio::time::Instant::now();
                     let ids: Vec<i64> = held.iter().copied().collect();
@@ -1774,8 +1828,22 @@ impl Dispatcher {
     }
 
     /// Runs one claimed delivery: `None` if it succeeded (or was filtered out), else
-    /// its failure to park (retry later, or dead).
+    /// its failure to park (retry later, or dead); and how long it ran.
     fn run_claimed(
+        &self,
+        def: &'static InboxDef,
+        c: Claimed,
+    ) -> std::pin::Pin<Box<dyn Future<Output = (Option<Failure>, Duration)> + Send + 'static>> {
+        let me = self.clone();
+        Box::pin(async move {
+            let started = tokio::time::Instant::now();
+            let failure = me.delivery_failure(def, c).await;
+            (failure, started.elapsed())
+        })
+    }
+
+    /// One claimed delivery, run: its failure, if any.
+    fn delivery_failure(
         &self,
         def: &'static InboxDef,
         c: Claimed,
@@ -1810,9 +1878,10 @@ impl Dispatcher {
     }
 }
 
-/// A claimed delivery that finished: its row, key and start, and its failure if any
-/// (or the panic message, which `run_claimed` already catches).
-type ClaimLanded = ((i64, Option<String>, tokio::time::Instant), std::result::Result<Option<Failure>, String>);
+/// A claimed delivery that finished: its row and whether rows of its key wait behind
+/// it, and its failure if any and how long it ran (or the panic message, which
+/// `run_claimed` already catches).
+type ClaimLanded = ((i64, bool), std::result::Result<(Option<Failure>, Duration), String>);
 
 /// Under [`Dispatcher::run`], what a claim stream follows: commits (and, through the
 /// listener, other processes' copied rows), this process's copied rows, and stop.
@@ -1820,6 +1889,14 @@ struct ClaimLive {
     commits: tokio::sync::watch::Receiver<u64>,
     queued: tokio::sync::watch::Receiver<u64>,
     stop: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Sleeps until `at`; never without it.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The next change of `rx`; never without one (or once its sender is gone).

@@ -507,8 +507,10 @@ pub(crate) async fn claim_retries(
                AND (key IS NULL OR NOT EXISTS (SELECT 1 FROM herald_deliveries h WHERE h.inbox = r.inbox \
                     AND h.key = r.key AND NOT h.dead AND h.id < r.id)) \
                ORDER BY next_at LIMIT $4 FOR UPDATE SKIP LOCKED) c \
-         WHERE d.id = c.id RETURNING d.id AS delivery, d.event_id, d.attempts, d.expiries, d.key AS delivery_key) \
-         SELECT c.delivery, c.event_id, c.attempts, c.expiries, c.delivery_key, {} \
+         WHERE d.id = c.id RETURNING d.id AS delivery, d.event_id, d.attempts, d.expiries, d.key AS delivery_key, \
+         (d.key IS NOT NULL AND EXISTS (SELECT 1 FROM herald_deliveries n WHERE n.inbox = d.inbox AND n.key = d.key \
+          AND NOT n.dead AND n.id > d.id)) AS has_next) \
+         SELECT c.delivery, c.event_id, c.attempts, c.expiries, c.delivery_key, c.has_next, {} \
          FROM c LEFT JOIN herald_events e ON e.id = c.event_id",
         EVENT_COLUMNS.split(", ").map(|col| format!("e.{col}")).collect::<Vec<_>>().join(", ")
     )))
@@ -537,6 +539,7 @@ pub(crate) async fn claim_retries(
                 attempts: r.try_get::<i32, _>("attempts")? as u32,
                 expiries: r.try_get::<i32, _>("expiries")? as u32,
                 key: r.try_get("delivery_key")?,
+                next: r.try_get("has_next")?,
             })
         })
         .collect()

@@ -315,7 +315,9 @@ pub(crate) async fn claim_retries(
          AND (key IS NULL OR NOT EXISTS (SELECT 1 FROM herald_deliveries h WHERE h.inbox = r.inbox \
               AND h.key = r.key AND h.dead = 0 AND h.id < r.id)) \
          ORDER BY next_at LIMIT ?4) \
-         RETURNING id, inbox, event_id, attempts, expiries, key",
+         RETURNING id, inbox, event_id, attempts, expiries, key, \
+         (key IS NOT NULL AND EXISTS (SELECT 1 FROM herald_deliveries n WHERE n.inbox = herald_deliveries.inbox \
+          AND n.key = herald_deliveries.key AND n.dead = 0 AND n.id > herald_deliveries.id)) AS has_next",
     )
     .bind(me)
     .bind(encode_time(until))
@@ -340,6 +342,7 @@ pub(crate) async fn claim_retries(
             attempts: r.try_get::<i64, _>("attempts")? as u32,
             expiries: r.try_get::<i64, _>("expiries")? as u32,
             key: r.try_get("key")?,
+            next: r.try_get("has_next")?,
         });
     }
     Ok(claimed)
