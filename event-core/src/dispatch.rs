@@ -1466,7 +1466,12 @@ impl Dispatcher {
                 && !w.cursor.caught_up(&view)
                 && (!spread || room.is_some_and(|r| r > 0))
             {
-                let limit = self.batch_limit(def.name)?;
+                let mut limit = self.batch_limit(def.name)?;
+                if spread && prefetched.is_none() {
+                    // A pump copies what the queue has room for in one read and one
+                    // write (a prefetched read keeps the limit it was read with).
+                    limit = limit.max(room.unwrap_or(0).min(cap));
+                }
                 let scan = match prefetched.take() {
                     Some(scan) => scan,
                     None => {
