@@ -65,9 +65,15 @@ fn spawn_worker(url: &str, schema: &str, id: &str) -> Result<Child, BoxError> {
         .spawn()?)
 }
 
-/// Drains a backlog of `4,000 × processes` events with `processes` workers; events/s.
-async fn drain_with(url: &str, schema: &str, store: &Store, processes: usize, round: usize) -> Result<f64, BoxError> {
-    let n = 4_000 * processes;
+/// Drains a backlog of `per × processes` events with `processes` workers; events/s.
+async fn drain_with(
+    url: &str,
+    schema: &str,
+    store: &Store,
+    (processes, per): (usize, usize),
+    round: usize,
+) -> Result<f64, BoxError> {
+    let n = per * processes;
     let first = super::scalar(store, "SELECT COALESCE(MAX(id), 0) FROM herald_events").await? as usize;
     record_backlog(store, n, first, |i| NewEvent::new(Subject::new("spread_bench", i), "happened", Actor::system()))
         .await?;
@@ -112,7 +118,8 @@ pub(super) async fn run(backend: &Backend, cfg: &Config, report: &mut Report) ->
     for round in 0..rounds {
         let order: Vec<usize> = if round % 2 == 0 { vec![1, 2, 3] } else { vec![3, 2, 1] };
         for processes in order {
-            let rate = drain_with(&url, schema, &db.store, processes, round).await?;
+            let per = if cfg.quick { 300 } else { 4_000 };
+            let rate = drain_with(&url, schema, &db.store, (processes, per), round).await?;
             eprintln!("  [10. spread, {processes} process(es)] round {}: {rate:.0}/s", round + 1);
             rates[processes - 1].push(rate);
         }
