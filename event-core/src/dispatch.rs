@@ -1688,7 +1688,7 @@ impl Dispatcher {
     ///
     /// How far ahead it claims adapts: about one claim's round trip of work beyond
     /// the running handlers, and at least as many rows again as the concurrency (fast
-    /// handlers: up to 100 rows a claim, as a job queue's claim loop; slow ones: a
+    /// handlers: up to 500 rows a claim; slow ones: a
     /// chunk per claim, not one row per finished handler).
     ///
     /// `live` (under [`run`](Self::run)): wake-ups and the stop signal; it returns only
@@ -1697,7 +1697,7 @@ impl Dispatcher {
     async fn claim_stream(&self, def: &'static InboxDef, live: Option<ClaimLive>) -> Result<Pass> {
         use crate::concurrent::alongside;
         /// The most rows one claim takes.
-        const CLAIM_MAX: usize = 100;
+        const CLAIM_MAX: usize = 500;
         /// The longest a finished delivery waits for its completion to be written.
         const COMPLETE_AFTER: Duration = Duration::from_millis(5);
         let inner = &*self.inner;

@@ -456,37 +456,34 @@ pub(crate) async fn advance(
         let moved = bind_move(sqlx::query(MOVE)).execute(pool).await?;
         return Ok(moved.rows_affected() == 1);
     }
-    let mut tx = pool.begin().await?;
-    let moved = bind_move(sqlx::query(MOVE)).execute(&mut *tx).await?;
-    if moved.rows_affected() != 1 {
-        tx.rollback().await?;
-        return Ok(false);
-    }
     let ids: Vec<i64> = failures.iter().map(|f| f.event_id.0).collect();
     let attempts: Vec<i32> = failures.iter().map(|f| f.attempts as i32).collect();
     let next: Vec<DateTime<Utc>> = failures.iter().map(|f| f.next_at).collect();
     let errors: Vec<&str> = failures.iter().map(|f| f.error.as_str()).collect();
     let dead: Vec<bool> = failures.iter().map(|f| f.dead).collect();
     let keys: Vec<Option<&str>> = failures.iter().map(|f| f.key.as_deref()).collect();
-    // In the order given (commit order): the rows of one key are claimed oldest first.
-    sqlx::query(
-        "INSERT INTO herald_deliveries (inbox, event_id, attempts, next_at, last_error, dead, key, created_at, \
-         updated_at) SELECT $1, e, a, n, m, d, k, $7, $7 FROM UNNEST($2::int8[], $3::int4[], $4::timestamptz[], \
-         $5::text[], $6::bool[], $8::text[]) WITH ORDINALITY AS t(e, a, n, m, d, k, o) ORDER BY o \
-         ON CONFLICT (inbox, event_id) DO NOTHING",
-    )
-    .bind(name)
-    .bind(ids)
-    .bind(attempts)
-    .bind(next)
-    .bind(errors)
-    .bind(dead)
-    .bind(now)
-    .bind(keys)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(true)
+    // Still one statement (one round trip, one commit): the rows are written only if
+    // the checkpoint moved, in the order given (commit order: the rows of one key are
+    // claimed oldest first).
+    let sql = format!(
+        "WITH moved AS ({MOVE} RETURNING 1), \
+         parked AS (INSERT INTO herald_deliveries (inbox, event_id, attempts, next_at, last_error, dead, key, \
+         created_at, updated_at) SELECT $6, e, a, n, m, d, k, $5, $5 FROM UNNEST($11::int8[], $12::int4[], \
+         $13::timestamptz[], $14::text[], $15::bool[], $16::text[]) WITH ORDINALITY AS t(e, a, n, m, d, k, o) \
+         WHERE EXISTS (SELECT 1 FROM moved) ORDER BY o ON CONFLICT (inbox, event_id) DO NOTHING) \
+         SELECT count(*) FROM moved"
+    );
+    let moved: i64 = bind_move(sqlx::query(sqlx::AssertSqlSafe(sql)))
+        .bind(ids)
+        .bind(attempts)
+        .bind(next)
+        .bind(errors)
+        .bind(dead)
+        .bind(keys)
+        .try_map(|row: sqlx::postgres::PgRow| row.try_get::<i64, _>(0))
+        .fetch_one(pool)
+        .await?;
+    Ok(moved == 1)
 }
 
 pub(crate) async fn claim_retries(
