@@ -1824,7 +1824,10 @@ impl Dispatcher {
                         tracing::warn!(inbox = def.name, error = %e, "herald: renewing delivery leases failed");
                     }
                 }
-                _ = changed(commits.as_mut()), if live_wait => want = true,
+                // Commits concern a spread inbox (another process's pump copied rows);
+                // other inboxes' rows are this process's failures (polled, as retries
+                // wait their backoff anyway): no claim statement per commit for them.
+                _ = changed(commits.as_mut()), if live_wait && def.spread => want = true,
                 _ = changed(queued.as_mut()), if live_wait => want = true,
                 _ = tokio::time::sleep(inner.poll_interval), if live_wait => want = true,
                 _ = wait_stop(stop.as_mut()), if live_wait => stopping = true,
