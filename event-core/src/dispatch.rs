@@ -1332,6 +1332,7 @@ impl Dispatcher {
             _ => None,
         };
         let mut prefetched = None;
+        let mut fresh: Option<View> = None;
         let lease = match (known, relet) {
             (_, Some((checkpoint, batch, epoch))) => {
                 prefetched = Some(batch);
@@ -1344,10 +1345,18 @@ impl Dispatcher {
                 Lease { checkpoint, crash_at: None, crashes: 0, taken_over: false, epoch }
             }
             _ => match store.lease_inbox(def.name, &inner.me, inner.lease, t).await? {
-                Some(lease) => lease,
+                Some(lease) => {
+                    // The row may have been moved by another worker after `view` was
+                    // taken: a pair read from its newer snapshot to this older one
+                    // would move the checkpoint back and read events again. A view
+                    // taken after the lease is at least as new as the row.
+                    fresh = Some(store.view().await?);
+                    lease
+                }
                 None => return Ok(Pass::default()),
             },
         };
+        let view = fresh.as_ref().unwrap_or(view);
         if lease.checkpoint.caught_up(view) {
             let released = store.advance(def.name, &inner.me, lease.epoch, &lease.checkpoint, None, &[], now()).await?;
             let known = Known::stored(lease.checkpoint, None, lease.epoch, blocked);
