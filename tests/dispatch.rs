@@ -335,8 +335,12 @@ backend_test!(commits_wake_the_dispatcher_without_polling, |store| async move {
         let took = time_to_delivery(&store, &store, n).await;
         assert!(took < Duration::from_secs(2), "delivery {n} took {took:?} with a 60 s poll interval");
     }
+    // Stopping right after a delivery, while the stream still holds the inbox: the
+    // stream sees the signal, and so must the loop around it (not at its next poll).
+    let stopping = Instant::now();
     let _ = stop.send(());
     run.await.unwrap().unwrap();
+    assert!(stopping.elapsed() < Duration::from_secs(5), "stopping took {:?}", stopping.elapsed());
 });
 
 /// A second store on the same schema: its commits reach the dispatcher only through
@@ -826,6 +830,44 @@ async fn an_unconcerned_inbox_writes_nothing_per_wake_up_postgres() {
     assert_eq!((open_pairs, leased), (0, 0), "every inbox past its last pair, no lease held");
 }
 
+/// The lease epoch (acquisitions so far) of the inbox whose name ends with `suffix`.
+async fn lease_epoch(store: &Store, suffix: &str) -> i64 {
+    let sql = "SELECT lease_epoch FROM herald_inboxes WHERE name LIKE '%' || $1";
+    match (store.sqlite_pool(), store.postgres_pool()) {
+        (Some(p), _) => sqlx::query_scalar(sql).bind(suffix).fetch_one(p).await,
+        (_, Some(p)) => sqlx::query_scalar(sql).bind(suffix).fetch_one(p).await,
+        _ => unreachable!("a store has one pool"),
+    }
+    .expect("lease epoch")
+}
+
+// A worker new to an inbox (nothing of it in memory) leases it only together with a
+// read that finds something. It used to take the lease first, then read: a worker
+// that died in between (or was merely slow) held a lease over nothing, and the next
+// event waited for it to expire; and a worker taking over counted it as a crash.
+backend_test!(a_worker_that_finds_nothing_for_an_inbox_takes_no_lease, |store| async move {
+    create_handled(&store).await;
+    dispatcher(&store, "fan_").await.drain().await.unwrap(); // registered, checkpoints at the head
+    let other = lease_epoch(&store, "fan_other").await;
+    let mail = lease_epoch(&store, "fan_mail").await;
+
+    let mut tx = store.begin().await.unwrap();
+    tx.record(Subject::new("fan", 1), "posted", Actor::system()).await.unwrap();
+    tx.commit().await.unwrap();
+    let fresh = dispatcher(&store, "fan_").await;
+    fresh.drain().await.unwrap();
+    assert_eq!(lease_epoch(&store, "fan_other").await, other, "nothing for fan_other: no lease taken");
+    assert_eq!(lease_epoch(&store, "fan_mail").await, mail + 1, "leased with the read of its event");
+    assert_eq!(handled(&store).await.iter().filter(|h| h.0 == "fan_mail").count(), 1);
+    let owned = "SELECT count(lease_owner) FROM herald_inboxes";
+    let owned: i64 = match (store.sqlite_pool(), store.postgres_pool()) {
+        (Some(p), _) => sqlx::query_scalar(owned).fetch_one(p).await.unwrap(),
+        (_, Some(p)) => sqlx::query_scalar(owned).fetch_one(p).await.unwrap(),
+        _ => unreachable!(),
+    };
+    assert_eq!(owned, 0, "no lease held after a drain");
+});
+
 // ---- timeouts ---------------------------------------------------------------------------
 
 #[inbox(subject = "hang", timeout = "100ms", max_attempts = 2, backoff = "10ms", backoff_max = "10ms")]
@@ -1132,6 +1174,29 @@ backend_test!(a_handler_whose_module_moved_keeps_its_inbox, |store| async move {
     assert_eq!(status.len(), 1, "one inbox, under its new name: {status:?}");
     assert_eq!((status[0].name.as_str(), status[0].retrying), ("app::notify::mover", 1), "its retry came along");
     let _ = failing;
+});
+
+// A rolling deploy: the new version took the inbox over under its new name, and an
+// older process starts after that (a replica restarted while the deploy is under
+// way). It used to re-create the old name, starting "now", and both names delivered
+// every new event. The old name is retired by the move: the older process delivers
+// nothing under it and says why.
+backend_test!(an_older_process_started_during_a_deploy_does_not_revive_the_old_name, |store| async move {
+    create_handled(&store).await;
+    let old = || Registry::from_defs([&BEFORE_THE_MOVE]).unwrap();
+    Dispatcher::builder(store.clone()).registry(old()).build().unwrap().drain().await.unwrap();
+    let new =
+        Dispatcher::builder(store.clone()).registry(Registry::from_defs([&AFTER_THE_MOVE]).unwrap()).build().unwrap();
+    new.drain().await.unwrap(); // takes the old row over
+    let late_old = Dispatcher::builder(store.clone()).registry(old()).build().unwrap();
+    assert_eq!(late_old.drain().await.unwrap().delivered, 0);
+    let after = record_moving(&store, "moving", 1, false).await;
+    assert_eq!(late_old.drain().await.unwrap().delivered, 0, "the retired name delivers nothing");
+    assert_eq!(new.drain().await.unwrap().delivered, 1);
+    let runs: Vec<(String, i64)> = handled(&store).await.into_iter().map(|h| (h.0, h.1)).collect();
+    assert_eq!(runs, [("app::notify::mover".to_owned(), after.id.0)], "delivered once, under the new name");
+    let names: Vec<String> = late_old.status().await.unwrap().into_iter().map(|s| s.name).collect();
+    assert_eq!(names, ["app::notify::mover"], "no row re-created under the old name");
 });
 
 #[inbox(subject = "renaming", name = "emails_v2", renamed_from = "emails_v1")]

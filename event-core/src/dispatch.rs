@@ -260,6 +260,19 @@ pub(crate) struct LeaseRow {
     pub(crate) epoch: i64,
 }
 
+/// What asking for an inbox's lease the long way found.
+#[derive(Debug)]
+pub(crate) enum Taking {
+    /// Another worker's lease holds.
+    Held,
+    /// Nobody holds it (released cleanly): the row's checkpoint. Leased only together
+    /// with a read that finds something ([`Relet`]), so no lease is ever held by a
+    /// worker that has read nothing (one that died right after would leave it stuck).
+    Free(Mark),
+    /// Taken (an expired lease of another worker: taken over).
+    Leased(Lease),
+}
+
 /// A lease on an inbox: its checkpoint, and what crashes happened at it.
 #[derive(Debug, Clone)]
 pub(crate) struct Lease {
@@ -743,6 +756,10 @@ type Landed = ((u64, Option<String>, EventId), std::result::Result<std::result::
 /// read cursor (done, running or queued): what a crash makes again, at most.
 const WINDOW: usize = 10_000;
 
+/// How long a stream that caught up under [`Dispatcher::run`] keeps its lease for the
+/// next commits (at most a quarter of the lease).
+const LINGER: Duration = Duration::from_secs(1);
+
 /// What an inbox's stream read and has not yet written past: one slot per event (plus
 /// one per batch end), oldest first.
 #[derive(Debug)]
@@ -1166,7 +1183,15 @@ impl Dispatcher {
                         location = %def.location(),
                         "herald inbox registered"
                     );
-                    store.sync_inbox(def.name, &Mark::start(&view, def.start_from), now()).await?;
+                    if let Some(to) = store.sync_inbox(def.name, &Mark::start(&view, def.start_from), now()).await? {
+                        tracing::warn!(
+                            inbox = def.name,
+                            renamed_to = %to,
+                            "herald: this inbox was renamed (or its module moved) by a newer version of this \
+                             program, which delivers it as {to}; this process does not deliver it (an older \
+                             version still running during a deploy?)"
+                        );
+                    }
                 }
                 for (name, checkpoint, retrying, dead) in store.inbox_rows().await? {
                     if self.inner.registry.get(&name).is_none() && (retrying + dead > 0 || !checkpoint.caught_up(&view)) {
@@ -1198,6 +1223,7 @@ impl Dispatcher {
         let store = &self.inner.store;
         let registry = &self.inner.registry;
         let rows: Vec<String> = store.inbox_rows().await?.into_iter().map(|(name, ..)| name).collect();
+        let retired = store.retired_inboxes().await?;
         let orphan = |name: &str| rows.iter().any(|r| r == name) && registry.get(name).is_none();
         for def in registry.iter() {
             if rows.iter().any(|r| r == def.name) {
@@ -1205,6 +1231,9 @@ impl Dispatcher {
             }
             let former = match def.renamed_from {
                 Some(old) => orphan(old).then(|| old.to_owned()),
+                // A name retired by a move is an older version's (during a rolling
+                // deploy): it must not take the new name's row back.
+                None if retired.iter().any(|r| r == def.name) => None,
                 None => {
                     let Some((_, fn_name)) = def.name.rsplit_once("::") else { continue };
                     let mut moved = rows.iter().filter(|r| {
@@ -1217,7 +1246,7 @@ impl Dispatcher {
                 }
             };
             let Some(former) = former else { continue };
-            if store.rename_inbox(&former, def.name).await? {
+            if store.rename_inbox(&former, def.name, now()).await? {
                 tracing::warn!(
                     inbox = def.name,
                     former = %former,
@@ -1238,6 +1267,11 @@ impl Dispatcher {
                 self.pump_inbox(def, &view, Some(Live { commits: &mut commits, stop: &mut stop })).await
             })
             .await;
+            // The stream may have seen (and marked seen) the stop signal itself: then
+            // `stop.changed()` below would wait for the next one, up to the poll.
+            if *stop.borrow() {
+                break;
+            }
             let wait = match outcome {
                 Ok(pass) if pass.more => continue,
                 Ok(_) => poll,
@@ -1344,16 +1378,52 @@ impl Dispatcher {
             {
                 Lease { checkpoint, crash_at: None, crashes: 0, taken_over: false, epoch }
             }
+            // The row may have been moved by another worker after `view` was taken: a
+            // pair read from its newer snapshot to this older one would move the
+            // checkpoint back and read events again. A view taken after the row was
+            // read is at least as new as the row.
             _ => match store.lease_inbox(def.name, &inner.me, inner.lease, t).await? {
-                Some(lease) => {
-                    // The row may have been moved by another worker after `view` was
-                    // taken: a pair read from its newer snapshot to this older one
-                    // would move the checkpoint back and read events again. A view
-                    // taken after the lease is at least as new as the row.
+                Taking::Leased(lease) => {
                     fresh = Some(store.view().await?);
                     lease
                 }
-                None => return Ok(Pass::default()),
+                Taking::Held => return Ok(Pass::default()),
+                Taking::Free(checkpoint) => {
+                    let view = store.view().await?;
+                    let limit = self.batch_limit(def.name)?;
+                    let relet = store.relet_and_read(
+                        def,
+                        &inner.me,
+                        &checkpoint,
+                        &checkpoint,
+                        None,
+                        t,
+                        inner.lease,
+                        &view,
+                        limit,
+                    );
+                    let seen = |last, full| Known {
+                        seen: checkpoint.after(&view, last, full),
+                        ..Known::stored(checkpoint.clone(), None, 0, true)
+                    };
+                    match relet.await? {
+                        // Taken (or moved) by another worker meanwhile: ask again.
+                        Relet::Changed => return Ok(Pass { more: true, ..Pass::default() }),
+                        Relet::Empty | Relet::Advanced => {
+                            self.remember(def.name, Some(seen(None, false)));
+                            return Ok(Pass::default());
+                        }
+                        Relet::Skipped(scan) => {
+                            self.remember(def.name, Some(seen(scan.last, true)));
+                            return Ok(Pass { more: true, ..Pass::default() });
+                        }
+                        Relet::Leased(batch, epoch) => {
+                            prefetched = Some(batch);
+                            fresh = Some(view);
+                            Lease { checkpoint, crash_at: None, crashes: 0, taken_over: false, epoch }
+                        }
+                    }
+                }
             },
         };
         let view = fresh.as_ref().unwrap_or(view);
@@ -1407,6 +1477,12 @@ impl Dispatcher {
         };
         /// A passed stretch is written at least this often while work goes on.
         const FLUSH_AFTER: Duration = Duration::from_millis(100);
+        // Under `run`, a stream that caught up keeps its lease a moment for the next
+        // commits instead of releasing it at once: a steady trickle then costs one
+        // checkpoint write per `FLUSH_AFTER`, not a lease and a release per commit
+        // (each a row version that a long snapshot keeps alive), and the next event
+        // is read at once, without re-taking the lease first.
+        let linger = if stop.is_some() { LINGER.min(self.inner.lease / 4) } else { Duration::ZERO };
         let inner = &*self.inner;
         let store = &inner.store;
         let mut view = view.clone();
@@ -1432,7 +1508,12 @@ impl Dispatcher {
         let mut written = lease.checkpoint.clone();
         let (mut last_write, mut last_renew) = (tokio::time::Instant::now(), tokio::time::Instant::now());
         let mut stopping = false;
+        // When the stream last read or finished an event of the inbox.
+        let mut busy_at: Option<tokio::time::Instant> = None;
         loop {
+            if !landed.is_empty() {
+                busy_at = Some(tokio::time::Instant::now());
+            }
             for ((slot, key, id), out) in landed.drain(..) {
                 let error = match out {
                     Ok(Ok(true)) => {
@@ -1488,6 +1569,9 @@ impl Dispatcher {
                     }
                 };
                 let batch = scan.events;
+                if !batch.is_empty() {
+                    busy_at = Some(tokio::time::Instant::now());
+                }
                 let held = if blocked && !spread && !matches!(def.key, Key::None) && !batch.is_empty() {
                     let keys = batch_keys(def, &batch);
                     let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
@@ -1543,7 +1627,8 @@ impl Dispatcher {
             let idle = running.is_empty() && landed.is_empty() && (w.ready.is_empty() || stopping);
             // Under `drain` a full spread queue ends the pass: the claims run next.
             let full = spread && room == Some(0);
-            let finished = idle && (stopping || w.cursor.caught_up(&view) || (full && stop.is_none()));
+            let lingering = !stopping && busy_at.is_some_and(|at| at.elapsed() < linger);
+            let finished = idle && (stopping || (w.cursor.caught_up(&view) && !lingering) || (full && stop.is_none()));
             let due = finished
                 || (spread && unwritten.events > 0)
                 || unwritten.events >= inner.batch_size
@@ -1617,14 +1702,17 @@ impl Dispatcher {
                         }
                     }
                 }
-                woke = wait_commit(commits.as_deref_mut()), if at_view && !running.is_empty() => {
+                woke = wait_commit(commits.as_deref_mut()), if at_view && (!running.is_empty() || lingering) => {
                     if let Some(woke) = woke {
                         view = alongside(&mut running, &mut landed, store.shared_view(woke)).await?;
                     }
                 }
-                _ = tokio::time::sleep_until(poll_at), if at_view && commits.is_some() && !running.is_empty() => {
+                _ = tokio::time::sleep_until(poll_at), if at_view && commits.is_some() && (!running.is_empty() || lingering) => {
                     view = alongside(&mut running, &mut landed, store.view()).await?;
                 }
+                // Lingering ends: write what is passed and release the lease.
+                _ = tokio::time::sleep_until(busy_at.unwrap_or_else(tokio::time::Instant::now) + linger),
+                    if at_view && idle && lingering => {}
                 _ = tokio::time::sleep_until(recount_at), if full && !stopping && !w.cursor.caught_up(&view) => {}
                 _ = wait_stop(stop.as_deref_mut()), if !stopping => {
                     stopping = true;

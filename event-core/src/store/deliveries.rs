@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 
 use super::{Pool, Store, postgres, sqlite};
-use crate::dispatch::{BlockedKey, Claimed, DeadLetter, Failure, Lease, Mark, Relet, View};
+use crate::dispatch::{BlockedKey, Claimed, DeadLetter, Failure, Mark, Relet, Taking, View};
 use crate::error::Result;
 use crate::inbox::InboxDef;
 use crate::model::EventId;
@@ -78,22 +78,32 @@ impl Store {
 
     /// Moves inbox `from`'s row and deliveries to `to`, unless `to` has a row; `true`
     /// if it did.
-    pub(crate) async fn rename_inbox(&self, from: &str, to: &str) -> Result<bool> {
-        on_backend!(self, rename_inbox(from, to))
+    pub(crate) async fn rename_inbox(&self, from: &str, to: &str, now: DateTime<Utc>) -> Result<bool> {
+        on_backend!(self, rename_inbox(from, to, now))
     }
 
-    pub(crate) async fn sync_inbox(&self, name: &str, start: &Mark, now: DateTime<Utc>) -> Result<()> {
+    /// The names inboxes were renamed or moved away from.
+    pub(crate) async fn retired_inboxes(&self) -> Result<Vec<String>> {
+        on_backend!(self, retired_inboxes())
+    }
+
+    /// Creates the inbox's row (starting at `start`) unless it exists, or unless its
+    /// name was retired by a rename: then the name it was renamed to, and nothing
+    /// written.
+    pub(crate) async fn sync_inbox(&self, name: &str, start: &Mark, now: DateTime<Utc>) -> Result<Option<String>> {
         on_backend!(self, sync_inbox(name, start, now))
     }
 
-    /// Takes the inbox's lease for `lease` (database clock), unless another worker's holds.
+    /// Takes over the inbox's lease for `lease` (database clock) if another worker's
+    /// expired; tells whether another's holds, or whether nobody's does (then the
+    /// caller leases it with its first read, [`relet_and_read`](Self::relet_and_read)).
     pub(crate) async fn lease_inbox(
         &self,
         name: &str,
         me: &str,
         lease: std::time::Duration,
         now: DateTime<Utc>,
-    ) -> Result<Option<Lease>> {
+    ) -> Result<Taking> {
         on_backend!(self, lease_inbox(name, me, lease, now))
     }
 

@@ -19,7 +19,7 @@ use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row};
 
 use super::{EVENT_COLUMNS, decode};
-use crate::dispatch::{BlockedKey, Claimed, DeadLetter, Failure, Lease, LeaseRow, Mark, Position, Relet, Scan, View};
+use crate::dispatch::{BlockedKey, Claimed, DeadLetter, Failure, LeaseRow, Mark, Position, Relet, Scan, Taking, View};
 use crate::error::{Error, Result};
 use crate::inbox::InboxDef;
 use crate::model::EventId;
@@ -53,7 +53,7 @@ pub(crate) async fn check_transaction_ids(pool: &PgPool) -> Result<()> {
     Ok(())
 }
 
-pub(crate) async fn rename_inbox(pool: &PgPool, from: &str, to: &str) -> Result<bool> {
+pub(crate) async fn rename_inbox(pool: &PgPool, from: &str, to: &str, now: DateTime<Utc>) -> Result<bool> {
     let mut tx = pool.begin().await?;
     let moved = sqlx::query(
         "UPDATE herald_inboxes SET name = $2 WHERE name = $1 AND NOT EXISTS (SELECT 1 FROM herald_inboxes WHERE name = $2)",
@@ -68,22 +68,41 @@ pub(crate) async fn rename_inbox(pool: &PgPool, from: &str, to: &str) -> Result<
             .bind(to)
             .execute(&mut *tx)
             .await?;
+        sqlx::query(
+            "INSERT INTO herald_inbox_renames (name, renamed_to, renamed_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET renamed_to = $2, renamed_at = $3",
+        )
+        .bind(from)
+        .bind(to)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        // Renamed back: the name lives again.
+        sqlx::query("DELETE FROM herald_inbox_renames WHERE name = $1").bind(to).execute(&mut *tx).await?;
     }
     tx.commit().await?;
     Ok(moved.rows_affected() == 1)
 }
 
-pub(crate) async fn sync_inbox(pool: &PgPool, name: &str, start: &Mark, now: DateTime<Utc>) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO herald_inboxes (name, checkpoint_tx, checkpoint_id, snap_from, created_at, updated_at) \
-         VALUES ($1, 0, 0, $2, $3, $3) ON CONFLICT (name) DO NOTHING",
+pub(crate) async fn retired_inboxes(pool: &PgPool) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar("SELECT name FROM herald_inbox_renames").fetch_all(pool).await?)
+}
+
+pub(crate) async fn sync_inbox(pool: &PgPool, name: &str, start: &Mark, now: DateTime<Utc>) -> Result<Option<String>> {
+    let retired: Option<String> = sqlx::query_scalar(
+        "WITH retired AS (SELECT renamed_to FROM herald_inbox_renames WHERE name = $1 \
+                          AND NOT EXISTS (SELECT 1 FROM herald_inboxes WHERE name = $1)), \
+              created AS (INSERT INTO herald_inboxes (name, checkpoint_tx, checkpoint_id, snap_from, created_at, \
+                          updated_at) SELECT $1, 0, 0, $2, $3, $3 WHERE NOT EXISTS (SELECT 1 FROM retired) \
+                          ON CONFLICT (name) DO NOTHING) \
+         SELECT renamed_to FROM retired",
     )
     .bind(name)
     .bind(start.from.as_deref().unwrap_or(crate::dispatch::EMPTY_SNAPSHOT))
     .bind(now)
-    .execute(pool)
+    .fetch_optional(pool)
     .await?;
-    Ok(())
+    Ok(retired)
 }
 
 /// The mark stored in an inbox row (or its crash columns, with `prefix` "crash_").
@@ -115,7 +134,7 @@ pub(crate) async fn lease_inbox(
     me: &str,
     lease: std::time::Duration,
     now: DateTime<Utc>,
-) -> Result<Option<Lease>> {
+) -> Result<Taking> {
     let row = sqlx::query(
         "SELECT snap_from, snap_to, checkpoint_tx, checkpoint_id, lease_owner, \
          COALESCE(lease_until > clock_timestamp(), FALSE) AS live, lease_epoch, \
@@ -124,7 +143,7 @@ pub(crate) async fn lease_inbox(
     .bind(name)
     .fetch_optional(pool)
     .await?;
-    let Some(row) = row else { return Ok(None) };
+    let Some(row) = row else { return Ok(Taking::Held) };
     let current = LeaseRow {
         checkpoint: checkpoint(&row)?,
         owner: row.try_get("lease_owner")?,
@@ -134,7 +153,10 @@ pub(crate) async fn lease_inbox(
         epoch: row.try_get("lease_epoch")?,
     };
     let owner = current.owner.clone();
-    let Some(taken) = current.acquire(me) else { return Ok(None) };
+    if current.owner.is_none() {
+        return Ok(Taking::Free(current.checkpoint));
+    }
+    let Some(taken) = current.acquire(me) else { return Ok(Taking::Held) };
     let crash = taken.crash_at.as_ref();
     let done = sqlx::query(
         "UPDATE herald_inboxes SET lease_owner = $1, lease_until = clock_timestamp() + make_interval(secs => $2), \
@@ -158,7 +180,7 @@ pub(crate) async fn lease_inbox(
     .bind(taken.epoch - 1)
     .execute(pool)
     .await?;
-    Ok((done.rows_affected() == 1).then_some(taken))
+    Ok(if done.rows_affected() == 1 { Taking::Leased(taken) } else { Taking::Held })
 }
 
 /// Extends the lease `me` holds at `epoch`, by the database's clock; never takes one.

@@ -9,7 +9,7 @@ use sqlx::sqlite::SqlitePool;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{EVENT_COLUMNS, decode, decode_time, encode_time};
-use crate::dispatch::{BlockedKey, Claimed, DeadLetter, Failure, Lease, LeaseRow, Mark, Position, Relet, Scan, View};
+use crate::dispatch::{BlockedKey, Claimed, DeadLetter, Failure, LeaseRow, Mark, Position, Relet, Scan, Taking, View};
 use crate::error::{Error, Result};
 use crate::inbox::InboxDef;
 use crate::model::EventId;
@@ -19,7 +19,7 @@ pub(crate) async fn view(pool: &SqlitePool) -> Result<View> {
     Ok(View::Sqlite(max.unwrap_or(0)))
 }
 
-pub(crate) async fn rename_inbox(pool: &SqlitePool, from: &str, to: &str) -> Result<bool> {
+pub(crate) async fn rename_inbox(pool: &SqlitePool, from: &str, to: &str, now: DateTime<Utc>) -> Result<bool> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     let moved = sqlx::query(
         "UPDATE herald_inboxes SET name = ?2 WHERE name = ?1 AND NOT EXISTS (SELECT 1 FROM herald_inboxes WHERE name = ?2)",
@@ -34,26 +34,57 @@ pub(crate) async fn rename_inbox(pool: &SqlitePool, from: &str, to: &str) -> Res
             .bind(to)
             .execute(&mut *tx)
             .await?;
+        sqlx::query(
+            "INSERT INTO herald_inbox_renames (name, renamed_to, renamed_at) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (name) DO UPDATE SET renamed_to = ?2, renamed_at = ?3",
+        )
+        .bind(from)
+        .bind(to)
+        .bind(encode_time(now))
+        .execute(&mut *tx)
+        .await?;
+        // Renamed back: the name lives again.
+        sqlx::query("DELETE FROM herald_inbox_renames WHERE name = ?").bind(to).execute(&mut *tx).await?;
     }
     tx.commit().await?;
     Ok(moved.rows_affected() == 1)
 }
 
+pub(crate) async fn retired_inboxes(pool: &SqlitePool) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar("SELECT name FROM herald_inbox_renames").fetch_all(pool).await?)
+}
+
 /// Every committed event is at or below the newest id here: `start` alone skips history.
-pub(crate) async fn sync_inbox(pool: &SqlitePool, name: &str, start: &Mark, now: DateTime<Utc>) -> Result<()> {
+pub(crate) async fn sync_inbox(
+    pool: &SqlitePool,
+    name: &str,
+    start: &Mark,
+    now: DateTime<Utc>,
+) -> Result<Option<String>> {
     let start = start.at;
-    sqlx::query(
-        "INSERT INTO herald_inboxes (name, checkpoint_tx, checkpoint_id, created_at, updated_at) \
-         VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let retired: Option<String> = sqlx::query_scalar(
+        "SELECT renamed_to FROM herald_inbox_renames WHERE name = ?1 \
+         AND NOT EXISTS (SELECT 1 FROM herald_inboxes WHERE name = ?1)",
     )
     .bind(name)
-    .bind(start.tx)
-    .bind(start.id)
-    .bind(encode_time(now))
-    .bind(encode_time(now))
-    .execute(pool)
+    .fetch_optional(&mut *tx)
     .await?;
-    Ok(())
+    if retired.is_none() {
+        sqlx::query(
+            "INSERT INTO herald_inboxes (name, checkpoint_tx, checkpoint_id, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(start.tx)
+        .bind(start.id)
+        .bind(encode_time(now))
+        .bind(encode_time(now))
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(retired)
 }
 
 /// The lease's end for a lease taken at `now`. SQLite runs on one machine: its
@@ -68,7 +99,7 @@ pub(crate) async fn lease_inbox(
     me: &str,
     lease: std::time::Duration,
     now: DateTime<Utc>,
-) -> Result<Option<Lease>> {
+) -> Result<Taking> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     let row = sqlx::query(
         "SELECT checkpoint_tx, checkpoint_id, lease_owner, lease_until, crash_tx, crash_id, crashes, lease_epoch \
@@ -77,7 +108,7 @@ pub(crate) async fn lease_inbox(
     .bind(name)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some(row) = row else { return Ok(None) };
+    let Some(row) = row else { return Ok(Taking::Held) };
     let lease_until: Option<String> = row.try_get("lease_until")?;
     let current = LeaseRow {
         checkpoint: at(row.try_get("checkpoint_tx")?, row.try_get("checkpoint_id")?),
@@ -90,7 +121,10 @@ pub(crate) async fn lease_inbox(
         crashes: row.try_get::<i64, _>("crashes")? as u32,
         epoch: row.try_get("lease_epoch")?,
     };
-    let Some(taken) = current.acquire(me) else { return Ok(None) };
+    if current.owner.is_none() {
+        return Ok(Taking::Free(current.checkpoint));
+    }
+    let Some(taken) = current.acquire(me) else { return Ok(Taking::Held) };
     sqlx::query(
         "UPDATE herald_inboxes SET lease_owner = ?, lease_until = ?, crash_tx = ?, crash_id = ?, crashes = ?, \
          updated_at = ?, lease_epoch = ? WHERE name = ?",
@@ -106,7 +140,7 @@ pub(crate) async fn lease_inbox(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(Some(taken))
+    Ok(Taking::Leased(taken))
 }
 
 /// Extends the lease `me` holds at `epoch`; never takes one.
