@@ -145,6 +145,20 @@ async fn a_database_restored_into_another_cluster_is_refused_until_fixed_then_lo
     assert!(message.contains("pg_resetwal -e 6"), "{message}");
     let d = Dispatcher::builder(restored.clone()).registry(flow_only()).build().unwrap();
     assert!(matches!(d.drain().await, Err(herald::Error::TransactionIdsBehind { .. })));
+    // A writer that starts before the fix is refused too: its event would carry a
+    // transaction id below every inbox position and never be delivered.
+    let mut tx = restored.begin().await.unwrap();
+    let written = tx.record(Subject::new("flow", 99), "moved", Actor::system()).await;
+    assert!(
+        matches!(written, Err(herald::Error::TransactionIdsBehind { .. })),
+        "a write before the fix must be refused: {written:?}"
+    );
+    drop(tx);
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM herald_events")
+        .fetch_one(restored.postgres_pool().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(stored, 5, "nothing written before the fix");
     restored.postgres_pool().unwrap().close().await;
 
     // The documented fix, then delivery goes on where the old cluster left it.

@@ -66,6 +66,9 @@ pub struct Store {
     /// The last view of what is committed, shared by this store's inbox tasks.
     /// Held while a view is taken, so tasks woken together wait for one query.
     views: Arc<tokio::sync::Mutex<Option<SharedView>>>,
+    /// PostgreSQL: whether a write of this store found the database's transaction ids
+    /// sound (not restored from another cluster); checked before the first write.
+    ids_sound: Arc<AtomicBool>,
 }
 
 /// A view taken once for every inbox task a wake-up started.
@@ -159,6 +162,7 @@ impl Store {
             column_types: Arc::default(),
             causation_limit: crate::inbox::DEFAULT_MAX_CAUSATION_DEPTH,
             views: Arc::default(),
+            ids_sound: Arc::default(),
         }
     }
 
@@ -675,10 +679,28 @@ impl<'c> Transaction<'c> {
         result
     }
 
+    /// PostgreSQL, once per store: refuses to write into a database restored or moved
+    /// from another cluster until it is fixed ([`Error::TransactionIdsBehind`]). An
+    /// event written before the fix would carry a transaction id below every inbox's
+    /// position and never be delivered. Checked on this transaction's own connection
+    /// (a second one could wait forever on a one-connection pool).
+    async fn check_ids(&mut self) -> Result<()> {
+        let TxInner::Postgres(tx) = &mut self.inner else { return Ok(()) };
+        if self.store.ids_sound.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let checked = postgres::dispatch::check_transaction_ids(&mut **tx).await;
+        if checked.is_ok() {
+            self.store.ids_sound.store(true, Ordering::Relaxed);
+        }
+        self.track(checked)
+    }
+
     /// Writes one validated event; returns it as stored.
     pub(crate) async fn insert(&mut self, event: NewEvent) -> Result<Event> {
         event.validate()?;
         let event = self.caused(event);
+        self.check_ids().await?;
         self.check_cause_depth(&[&event]).await?;
         self.recorded.store(true, Ordering::Relaxed);
         let inserted = match &mut self.inner {
@@ -693,6 +715,7 @@ impl<'c> Transaction<'c> {
     pub(crate) async fn insert_throttled(&mut self, event: NewEvent, window: Duration) -> Result<Option<Event>> {
         event.validate()?;
         let event = self.caused(event);
+        self.check_ids().await?;
         self.check_cause_depth(&[&event]).await?;
         self.recorded.store(true, Ordering::Relaxed);
         let inserted = match &mut self.inner {
@@ -719,6 +742,7 @@ impl<'c> Transaction<'c> {
     /// `None` (and nothing written) when the state was no longer `swap.from`.
     pub(crate) async fn swap_state(&mut self, swap: Swap, event: NewEvent) -> Result<Option<Event>> {
         let event = self.caused(event);
+        self.check_ids().await?;
         self.check_cause_depth(&[&event]).await?;
         self.recorded.store(true, Ordering::Relaxed);
         let swapped = match &mut self.inner {
@@ -757,6 +781,7 @@ impl<'c> Transaction<'c> {
         if events.is_empty() {
             return Ok(Vec::new());
         }
+        self.check_ids().await?;
         self.check_cause_depth(&events.iter().collect::<Vec<_>>()).await?;
         self.recorded.store(true, Ordering::Relaxed);
         let inserted = match &mut self.inner {

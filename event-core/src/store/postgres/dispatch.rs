@@ -34,14 +34,14 @@ pub(crate) async fn view(pool: &PgPool) -> Result<View> {
 /// positions refer to transaction ids at or beyond this server's next one, which no
 /// snapshot of this server can see past. Two index probes and a scan of the (small)
 /// inbox table.
-pub(crate) async fn check_transaction_ids(pool: &PgPool) -> Result<()> {
+pub(crate) async fn check_transaction_ids(conn: impl sqlx::PgExecutor<'_>) -> Result<()> {
     let (event, mark, next): (Option<String>, Option<String>, String) = sqlx::query_as(
         "SELECT (SELECT tx_id::text FROM herald_events ORDER BY tx_id DESC, id DESC LIMIT 1), \
                 (SELECT max(pg_snapshot_xmax(s::pg_snapshot)::text::numeric)::text FROM herald_inboxes, \
                  LATERAL (VALUES (snap_from), (snap_to)) AS v(s) WHERE s IS NOT NULL), \
                 pg_snapshot_xmax(pg_current_snapshot())::text",
     )
-    .fetch_one(pool)
+    .fetch_one(conn)
     .await?;
     let parse = |x: Option<String>| x.and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
     let next = parse(Some(next));
