@@ -80,6 +80,9 @@ impl Drop for Worker {
     }
 }
 
+/// When, which inbox, and who held its lease then.
+type OwnerSample = (Instant, String, Option<String>);
+
 async fn scalar(store: &Store, sql: &'static str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(store.postgres_pool().unwrap()).await.expect(sql)
 }
@@ -254,18 +257,28 @@ async fn killed_workers_and_a_server_restart_lose_nothing_postgres() {
     }
     Worker::spawn(&url, "public", "registrar", None).stop(); // inboxes start from now
     let mut workers: Vec<Worker> = (0..3).map(|n| Worker::spawn(&url, "public", &format!("w{n}"), None)).collect();
+    let mut names: Vec<String> = (0..3).map(|n| format!("w{n}")).collect();
     let (mut kills, mut next) = (0, 3);
     let mut kill_times: Vec<chrono::DateTime<chrono::Utc>> = Vec::new();
     let mut restart_time = String::new();
-    let mut chaos =
-        |workers: &mut Vec<Worker>, kills: &mut usize, kill_times: &mut Vec<chrono::DateTime<chrono::Utc>>| {
-            kill_times.push(chrono::Utc::now());
-            let victim = *kills % workers.len();
-            workers.remove(victim).kill();
-            workers.insert(victim, Worker::spawn(&url, "public", &format!("w{next}"), None));
-            next += 1;
-            *kills += 1;
-        };
+    // Who holds each inbox's lease, sampled every 25 ms: a kill's takeover is the
+    // first sample after it in which another worker holds an inbox the victim held.
+    let owners: std::sync::Arc<std::sync::Mutex<Vec<OwnerSample>>> = Default::default();
+    let sampler = {
+        let (pool, owners) = (store.postgres_pool().unwrap().clone(), owners.clone());
+        tokio::spawn(async move {
+            loop {
+                let rows: Result<Vec<(String, Option<String>)>, _> =
+                    sqlx::query_as("SELECT name, lease_owner FROM herald_inboxes").fetch_all(&pool).await;
+                let at = Instant::now();
+                if let Ok(rows) = rows {
+                    owners.lock().unwrap().extend(rows.into_iter().map(|(name, owner)| (at, name, owner)));
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        })
+    };
+    let mut victims: Vec<(Instant, String, Vec<String>)> = Vec::new();
     let total = 20_000;
     for round in 0..20 {
         for chunk in 0..10 {
@@ -278,7 +291,19 @@ async fn killed_workers_and_a_server_restart_lose_nothing_postgres() {
         }
         // Killed while the round's deliveries are in flight.
         tokio::time::sleep(Duration::from_millis(50)).await;
-        chaos(&mut workers, &mut kills, &mut kill_times);
+        let victim = kills % workers.len();
+        let held: Vec<String> = sqlx::query_scalar("SELECT name FROM herald_inboxes WHERE lease_owner LIKE $1 || '-%'")
+            .bind(&names[victim])
+            .fetch_all(store.postgres_pool().unwrap())
+            .await
+            .unwrap();
+        kill_times.push(chrono::Utc::now());
+        workers.remove(victim).kill();
+        victims.push((Instant::now(), names[victim].clone(), held));
+        workers.insert(victim, Worker::spawn(&url, "public", &format!("w{next}"), None));
+        names[victim] = format!("w{next}");
+        next += 1;
+        kills += 1;
         tokio::time::sleep(Duration::from_millis(1_450)).await;
         if round == 9 {
             restart_time = chrono::Utc::now().format("%H:%M:%S%.3f").to_string();
@@ -301,9 +326,39 @@ async fn killed_workers_and_a_server_restart_lose_nothing_postgres() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    sampler.abort();
     for w in workers {
         w.stop();
     }
+    // Takeover after each kill, per inbox the victim held (p99 over every sample).
+    let owners = owners.lock().unwrap().clone();
+    let mut takeovers: Vec<Duration> = Vec::new();
+    let mut untaken = Vec::new();
+    for (killed, victim, held) in &victims {
+        for inbox in held {
+            let mine = format!("{victim}-");
+            let taken = owners.iter().find(|(at, name, owner)| {
+                at > killed && name == inbox && owner.as_ref().is_some_and(|o| !o.starts_with(&mine))
+            });
+            match taken {
+                Some((at, ..)) => takeovers.push(*at - *killed),
+                None => untaken.push((victim.clone(), inbox.clone())),
+            }
+        }
+    }
+    takeovers.sort();
+    let rank = |q: f64| takeovers[((q * takeovers.len() as f64).ceil() as usize).clamp(1, takeovers.len()) - 1];
+    eprintln!(
+        "chaos: takeover after a kill, {} samples over {} kills: p50 {:?}, p99 {:?}, max {:?}; never taken over \
+         before the end: {untaken:?}",
+        takeovers.len(),
+        victims.len(),
+        rank(0.5),
+        rank(0.99),
+        takeovers.last()
+    );
+    assert!(takeovers.len() >= 20, "a takeover sample per kill at least: {takeovers:?}");
+    assert!(rank(0.99) <= Duration::from_secs(5), "takeover p99 {:?} over {takeovers:?}", rank(0.99));
     let runs = scalar(&store, "SELECT COALESCE(SUM(runs), 0)::bigint FROM seen").await;
     let gaps: Vec<(String, String, i64)> = sqlx::query_as(
         "SELECT inbox, to_char(prev, 'HH24:MI:SS.MS'), (EXTRACT(EPOCH FROM at - prev) * 1000)::bigint FROM \
