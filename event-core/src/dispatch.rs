@@ -26,8 +26,14 @@
 //! [`DispatcherBuilder::batch_size`] events) or per 100 ms of work; a failed delivery
 //! writes one row (as does each later event of its key parked behind it), and one more
 //! per retry. While nothing of an inbox is held back, finding out costs nothing; once
-//! something is, each batch asks which of its keys are (one indexed query). Waking from idle, an inbox re-takes its lease in the statement
-//! that reads its batch, and only if the batch holds something. If the new events are
+//! something is, each batch asks which of its keys are (one indexed query). Under
+//! [`Dispatcher::run`] a stream that caught up keeps its lease for a moment (1 s, at
+//! most a quarter of the lease) and goes on reading as commits arrive, so a steady
+//! trickle of events costs one checkpoint `UPDATE` per 100 ms, not a lease and a
+//! release per commit (each a row version that a long-open snapshot keeps alive).
+//! Waking from idle, an inbox re-takes its lease in the statement
+//! that reads its batch, and only if the batch holds something: no worker ever holds
+//! a lease it took without reading. If the new events are
 //! not for it, it writes nothing: it keeps its new position in memory and writes it
 //! only once it is 1,000 transactions (PostgreSQL) or events (SQLite) behind, or 5
 //! minutes old. Bookkeeping is O(inboxes + deliveries in trouble): successes leave
@@ -120,7 +126,16 @@
 //! seconds; they are timed by the database's clock and **fenced**: each acquisition
 //! bumps an epoch that renewals and checkpoint writes must name, renewal never
 //! acquires, so a worker that stalled past its lease can neither take it back nor move
-//! the checkpoint backwards. Worker ids always get a per-run suffix.
+//! the checkpoint backwards. Worker ids always get a per-run suffix. A worker killed
+//! while it held an inbox (delivering, or in the moment it keeps a caught-up stream
+//! open) delays that inbox until its lease expires: 4 s by default, measured at a
+//! p99 of 4.1 s over 20 kills.
+//!
+//! **Identity.** A handler whose module moved, or one renamed with
+//! `#[inbox(renamed_from = "…")]`, takes over its former row, and the former name is
+//! retired (`herald_inbox_renames`): an older process still registering it (during a
+//! rolling deploy) neither takes the row back nor re-creates the old name; it logs a
+//! warning and does not deliver that inbox.
 //!
 //! **Poison events and panics.** Each event of a batch is decoded on its own: one
 //! that cannot be read (stored by raw SQL or an older version: Herald refuses at
