@@ -225,11 +225,14 @@ impl Mark {
         }
     }
 
-    /// Whether nothing committed in `view` is past this mark.
+    /// Whether nothing committed in `view` is past this mark (a view older than the
+    /// mark's snapshot has nothing past it either).
     pub(crate) fn caught_up(&self, view: &View) -> bool {
         match view {
             View::Sqlite(max) => self.at.id >= *max,
-            View::Postgres(snapshot) => self.to.is_none() && self.from.as_deref() == Some(&**snapshot),
+            View::Postgres(snapshot) => {
+                self.to.is_none() && self.from.as_deref().is_some_and(|from| snapshot_contains(from, snapshot))
+            }
         }
     }
 
@@ -250,6 +253,12 @@ impl Mark {
             (View::Sqlite(max), _) => Mark { at: Position { tx: 0, id: (*max).max(self.at.id) }, ..Mark::default() },
             (View::Postgres(_), Some(last)) if full => {
                 Mark { from: self.from.clone(), to: Some(Arc::from(self.pair_end(view))), at: last }
+            }
+            // Never back: a view older than this mark's snapshot passes nothing.
+            (View::Postgres(snapshot), _)
+                if self.to.is_none() && self.from.as_deref().is_some_and(|from| !snapshot_contains(snapshot, from)) =>
+            {
+                self.clone()
             }
             (View::Postgres(_), _) => {
                 Mark { from: Some(Arc::from(self.pair_end(view))), to: None, at: Position::default() }
@@ -990,6 +999,39 @@ fn persist_due(stored: &Mark, written_ago: Duration, seen: &Mark) -> bool {
 /// The `xmax` of a snapshot's text form (`xmin:xmax:xip,…`); 0 if unreadable.
 pub(crate) fn snapshot_xmax(snapshot: &str) -> u64 {
     snapshot.split(':').nth(1).and_then(|x| x.parse().ok()).unwrap_or(0)
+}
+
+/// A snapshot's text form (`xmin:xmax:xip,…`) read as numbers; `None` if unreadable.
+fn parse_snapshot(snapshot: &str) -> Option<(u64, u64, Vec<u64>)> {
+    let mut parts = snapshot.split(':');
+    let xmin = parts.next()?.parse().ok()?;
+    let xmax = parts.next()?.parse().ok()?;
+    let xip = parts.next()?.split(',').filter(|x| !x.is_empty()).map(str::parse).collect::<Result<_, _>>().ok()?;
+    Some((xmin, xmax, xip))
+}
+
+/// Whether `snapshot` is a snapshot's text form.
+pub(crate) fn is_snapshot(snapshot: &str) -> bool {
+    parse_snapshot(snapshot).is_some()
+}
+
+/// Whether every transaction visible in snapshot `older` is visible in `newer` too:
+/// `newer` was taken at the same time or later (or, unreadable, they are equal).
+/// Views reach an inbox from several places (its own queries, a view shared by the
+/// inboxes of one wake-up, another process's `NOTIFY`); one older than where the
+/// inbox stands must never move it back.
+pub(crate) fn snapshot_contains(newer: &str, older: &str) -> bool {
+    if newer == older {
+        return true;
+    }
+    let (Some((_, new_xmax, new_xip)), Some((old_xmin, old_xmax, old_xip))) =
+        (parse_snapshot(newer), parse_snapshot(older))
+    else {
+        return false;
+    };
+    // Visible in `older`: below its xmin, or below its xmax and not in progress there.
+    let visible_in_older = |x: u64| x < old_xmin || (x < old_xmax && !old_xip.contains(&x));
+    new_xmax >= old_xmax && !new_xip.iter().any(|&x| visible_in_older(x))
 }
 
 /// The transactions in progress in a snapshot's text form (`xmin:xmax:xip,…`).
@@ -2111,7 +2153,8 @@ async fn listen(store: Store, pool: sqlx::PgPool) {
                     match listener.try_recv().await {
                         // This store's own commits already woke its dispatchers.
                         Ok(Some(n)) if store.is_own_notification(n.process_id()) => {}
-                        Ok(Some(_)) => store.poke(),
+                        Ok(Some(n)) if n.payload().is_empty() => store.poke(),
+                        Ok(Some(n)) => store.woken_with(n.payload()).await,
                         Ok(None) => {
                             tracing::warn!("herald: LISTEN connection lost; reconnecting (polling meanwhile)");
                             store.poke();
@@ -2133,6 +2176,28 @@ async fn listen(store: Store, pool: sqlx::PgPool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_snapshot_contains_the_ones_taken_before_it() {
+        assert!(snapshot_contains("10:20:", "10:20:"));
+        assert!(snapshot_contains("12:25:", "10:20:12,15"), "later, its in-progress ones since committed");
+        assert!(snapshot_contains("10:25:12,22", "10:20:12,15"), "12 still running in both; 22 began after");
+        assert!(!snapshot_contains("10:20:12,15", "12:25:"), "older");
+        assert!(!snapshot_contains("10:25:16", "10:20:12"), "16 committed before the older one, running in this one");
+        assert!(!snapshot_contains("10:19:", "10:20:"), "xmax behind");
+        assert!(!snapshot_contains("junk", "10:20:"));
+    }
+
+    #[test]
+    fn a_mark_never_moves_back_to_an_older_view() {
+        let newer = View::Postgres(Arc::from("30:31:"));
+        let older = View::Postgres(Arc::from("20:21:"));
+        let mark = Mark::start(&newer, StartFrom::Now);
+        assert!(mark.caught_up(&older), "nothing in an older view is past the mark");
+        assert_eq!(mark.after(&older, None, false), mark, "an older view passes nothing");
+        let moved = mark.after(&View::Postgres(Arc::from("40:41:")), None, false);
+        assert_eq!(moved.from.as_deref(), Some("40:41:"));
+    }
 
     #[test]
     fn a_retention_longer_than_history_prunes_nothing_and_never_panics() {

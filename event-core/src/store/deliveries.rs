@@ -71,6 +71,29 @@ impl Store {
         Ok(view)
     }
 
+    /// Another process's commits, announced with `snapshot` (taken after them): wakes
+    /// this store's dispatchers with it as their shared view, so they need not ask for
+    /// one, unless it is older than the view they share now.
+    pub(crate) async fn woken_with(&self, snapshot: &str) {
+        if !crate::dispatch::is_snapshot(snapshot) {
+            self.poke();
+            return;
+        }
+        let mut cached = self.views.lock().await;
+        let newer = match cached.as_ref().map(|c| &c.view) {
+            Some(crate::dispatch::View::Postgres(current)) => crate::dispatch::snapshot_contains(snapshot, current),
+            _ => true,
+        };
+        if newer {
+            // Counts the wake-up below: the tasks it wakes find this view theirs.
+            let after = self.wake.count().wrapping_add(1);
+            let view = crate::dispatch::View::Postgres(std::sync::Arc::from(snapshot));
+            *cached = Some(super::SharedView { after, taken: tokio::time::Instant::now(), view });
+        }
+        drop(cached);
+        self.poke();
+    }
+
     /// What is committed now: one query.
     pub(crate) async fn view(&self) -> Result<View> {
         on_backend!(self, view())

@@ -153,7 +153,18 @@ async fn notifier(pool: PgPool, notify: Arc<Notify>, pid: Arc<AtomicU32>) {
                     conn.insert(c)
                 }
             };
-            sqlx::query("SELECT pg_notify($1, '')").bind(name).execute(&mut *c).await.map(|_| ())
+            // The payload is a snapshot taken after the commits it announces: the
+            // listeners use it as their view instead of asking for one (a round trip
+            // off every remote wake-up). Too long for a payload (thousands of open
+            // transactions): none, and they ask.
+            sqlx::query(
+                "SELECT pg_notify($1, CASE WHEN length(s) <= 7000 THEN s ELSE '' END) \
+                 FROM (SELECT pg_current_snapshot()::text AS s) AS v",
+            )
+            .bind(name)
+            .execute(&mut *c)
+            .await
+            .map(|_| ())
         }
         .await;
         if let Err(e) = sent {
