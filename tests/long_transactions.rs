@@ -177,6 +177,26 @@ async fn a_database_restored_into_another_cluster_is_refused_until_fixed_then_lo
     assert_eq!(got, all, "every event exactly once across the move");
 }
 
+/// Runs a dispatcher of `registry` over `store` (polling only once a minute: only
+/// wake-ups move it) with `pg_stat_statements` counting from the moment it is up.
+async fn run_counted(
+    store: &Store,
+    registry: Registry,
+) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<herald::Result<()>>) {
+    let pool = store.postgres_pool().unwrap().clone();
+    sqlx::query("CREATE EXTENSION pg_stat_statements").execute(&pool).await.unwrap();
+    let d = Dispatcher::builder(store.clone()).registry(registry).poll_interval(Duration::from_secs(60));
+    let d = d.build().unwrap();
+    d.register().await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(d.run(async move {
+        let _ = stopped.await;
+    }));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sqlx::query("SELECT pg_stat_statements_reset()").execute(&pool).await.unwrap();
+    (stop, run)
+}
+
 // ---- one snapshot per wake-up, not one per inbox -----------------------------------
 
 macro_rules! many_inboxes {
@@ -196,18 +216,9 @@ async fn inboxes_share_one_snapshot_per_wake_up_postgres() {
     store.migrate().await.unwrap();
     create_handled(&store).await;
     let pool = store.postgres_pool().unwrap().clone();
-    sqlx::query("CREATE EXTENSION pg_stat_statements").execute(&pool).await.unwrap();
     let registry = Registry::collect().unwrap().retain(|d| d.subject == Some("many"));
     assert_eq!(registry.len(), 8);
-    let d =
-        Dispatcher::builder(store.clone()).registry(registry).poll_interval(Duration::from_secs(60)).build().unwrap();
-    d.register().await.unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(d.run(async move {
-        let _ = stopped.await;
-    }));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    sqlx::query("SELECT pg_stat_statements_reset()").execute(&pool).await.unwrap();
+    let (stop, run) = run_counted(&store, registry).await;
     let wake_ups = 20;
     for n in 0..wake_ups {
         let mut tx = store.begin().await.unwrap();
@@ -338,16 +349,7 @@ async fn a_remote_wake_up_brings_its_view_postgres() {
     create_handled(&reader).await;
     let writer = Store::connect(&cluster.url("test")).await.unwrap(); // another process, as far as wake-ups go
     let pool = reader.postgres_pool().unwrap().clone();
-    sqlx::query("CREATE EXTENSION pg_stat_statements").execute(&pool).await.unwrap();
-    let d = Dispatcher::builder(reader.clone()).registry(flow_only()).poll_interval(Duration::from_secs(60));
-    let d = d.build().unwrap();
-    d.register().await.unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(d.run(async move {
-        let _ = stopped.await;
-    }));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    sqlx::query("SELECT pg_stat_statements_reset()").execute(&pool).await.unwrap();
+    let (stop, run) = run_counted(&reader, flow_only()).await;
     let wake_ups = 20;
     for n in 0..wake_ups {
         record(&writer, n).await;

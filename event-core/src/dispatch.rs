@@ -160,8 +160,11 @@
 //! **Wake-ups.** A commit that recorded events wakes this process's dispatchers at
 //! once and, on PostgreSQL, other processes through `LISTEN`/`NOTIFY` (sent after the
 //! commit, outside the transaction, at most one per 5 ms per store: the first commit
-//! after a quiet spell is announced at once, faster commits share the next one). The
-//! listener reconnects when its connection drops; polling every
+//! after a quiet spell is announced at once, faster commits share the next one). Its
+//! payload is a snapshot taken after the commits it announces: the woken dispatchers
+//! read with it instead of asking for a view of their own. A view never moves an
+//! inbox back, whichever path it came by: one older than where the inbox stands
+//! passes nothing. The listener reconnects when its connection drops; polling every
 //! [`DispatcherBuilder::poll_interval`] runs regardless.
 
 use std::collections::{HashMap, HashSet};
