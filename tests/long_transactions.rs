@@ -55,6 +55,23 @@ async fn open_and_prepared_transactions_delay_only_their_own_events_postgres() {
         .await
         .unwrap();
 
+    // A prepared transaction that recorded an event.
+    let mut held = store.begin().await.unwrap();
+    held.record(Subject::new("flow", 100), "moved", Actor::system()).await.unwrap();
+    sqlx::query("PREPARE TRANSACTION 'holds_an_event'").execute(held.postgres().unwrap()).await.unwrap();
+    drop(held);
+
+    // What can hold events back is named: the writers still open, with their process
+    // (or prepared name), age and state; not the transactions that recorded nothing.
+    let long_pid: i32 =
+        sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(long.postgres().unwrap()).await.unwrap();
+    let writers = store.open_writers().await.unwrap();
+    assert_eq!(writers.len(), 2, "{writers:#?}");
+    assert_eq!((writers[0].pid, writers[0].state.as_str()), (Some(long_pid), "idle in transaction"));
+    assert!(writers[0].query_start.is_some() && writers[0].xid > 0);
+    assert_eq!((writers[1].pid, writers[1].gid.as_deref()), (None, Some("holds_an_event")));
+    assert_eq!(writers[1].state, "prepared");
+
     let mut others = Vec::new();
     for n in 1..=20 {
         others.push(record(&store, n).await.id.0);
@@ -84,6 +101,8 @@ async fn open_and_prepared_transactions_delay_only_their_own_events_postgres() {
     assert_eq!(got, others, "each committed event exactly once");
     let mut admin = sqlx::PgConnection::connect(&cluster.url("test")).await.unwrap();
     sqlx::query("ROLLBACK PREPARED 'left_behind'").execute(&mut admin).await.unwrap();
+    sqlx::query("ROLLBACK PREPARED 'holds_an_event'").execute(&mut admin).await.unwrap();
+    assert_eq!(store.open_writers().await.unwrap(), [], "no writer left open");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -102,7 +102,8 @@
 //! - **only an event's own transaction delays it**: a long or prepared transaction, in
 //!   this database or another, holds back its own events and no other (an earlier
 //!   design read up to the oldest running transaction of the whole server, so one
-//!   idle `BEGIN` anywhere stopped every inbox);
+//!   idle `BEGIN` anywhere stopped every inbox). [`Store::open_writers`] names the
+//!   transactions still open that recorded events, prepared ones included;
 //! - **nothing is skipped**: a transaction that commits late lands in the pair in
 //!   which it became visible;
 //! - **order**: pairs follow each other in time, so an event whose transaction
@@ -423,6 +424,29 @@ pub struct DeadLetter {
     pub failed_at: DateTime<Utc>,
     /// Its key, for an inbox that keeps order (a dead letter holds nothing back).
     pub key: Option<String>,
+}
+
+/// A transaction that recorded events and has not committed yet (PostgreSQL): its
+/// events reach inboxes when it commits. Nothing else holds a committed event back,
+/// so when an inbox seems to wait, these are what it waits for. From
+/// [`Store::open_writers`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OpenWriter {
+    /// The server process running it; `None` for a prepared transaction.
+    pub pid: Option<i32>,
+    /// Its transaction id.
+    pub xid: u64,
+    /// When it began (prepared transactions: when they were prepared).
+    pub started: DateTime<Utc>,
+    /// When its current (or last) statement began; `None` for a prepared transaction.
+    pub query_start: Option<DateTime<Utc>>,
+    /// Its state as `pg_stat_activity` says (`active`, `idle in transaction`, …), or
+    /// `prepared`.
+    pub state: String,
+    /// A prepared transaction's name (`COMMIT PREPARED '…'` / `ROLLBACK PREPARED '…'`
+    /// ends it).
+    pub gid: Option<String>,
 }
 
 /// A key of an inbox held back by a failing event: its later events wait until the

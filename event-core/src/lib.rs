@@ -61,7 +61,7 @@ pub mod testing;
 pub mod transition;
 
 pub use action::{Action, ActionDeclaration};
-pub use dispatch::{BlockedKey, DeadLetter, Dispatcher, DispatcherBuilder, Drained, InboxStatus};
+pub use dispatch::{BlockedKey, DeadLetter, Dispatcher, DispatcherBuilder, Drained, InboxStatus, OpenWriter};
 pub use error::{Error, Result};
 pub use feed::{Cursor, Feed, Page};
 pub use inbox::{Context, InboxDef, InboxError, Key, Registry, Resources, StartFrom};

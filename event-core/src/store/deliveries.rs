@@ -243,6 +243,18 @@ impl Store {
         on_backend!(self, blocked_among(inbox, keys))
     }
 
+    /// The transactions that recorded events and have not committed yet, oldest
+    /// first, with their process, age and state (prepared ones too): the only thing
+    /// that can hold back an event (its own transaction). Always empty on SQLite,
+    /// where a writer holds the database's write lock until it ends and other writers
+    /// wait for it.
+    pub async fn open_writers(&self) -> Result<Vec<crate::dispatch::OpenWriter>> {
+        match &self.pool {
+            Pool::Sqlite(_) => Ok(Vec::new()),
+            Pool::Postgres(p) => postgres::dispatch::open_writers(p).await,
+        }
+    }
+
     /// Keys held back by a failing event, of one inbox or of all: each with its head
     /// (the event that failed, its attempts, last error and next attempt) and how many
     /// events wait behind it. Oldest first per inbox.

@@ -84,6 +84,42 @@ pub(crate) async fn rename_inbox(pool: &PgPool, from: &str, to: &str, now: DateT
     Ok(moved.rows_affected() == 1)
 }
 
+/// Writers of `herald_events` (its `RowExclusiveLock`) with a transaction id, not
+/// committed yet: live backends, and prepared transactions (whose locks stay behind
+/// with no process, found through their transaction-id lock).
+pub(crate) async fn open_writers(pool: &PgPool) -> Result<Vec<crate::dispatch::OpenWriter>> {
+    let rows = sqlx::query(
+        "SELECT a.pid, a.backend_xid::text AS xid, a.xact_start AS started, a.query_start, a.state, \
+                NULL::text AS gid \
+         FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+         WHERE l.locktype = 'relation' AND l.relation = 'herald_events'::regclass \
+           AND l.mode = 'RowExclusiveLock' AND a.backend_xid IS NOT NULL AND a.pid <> pg_backend_pid() \
+         UNION ALL \
+         SELECT NULL, p.transaction::text, p.prepared, NULL, 'prepared', p.gid \
+         FROM pg_prepared_xacts p \
+         JOIN pg_locks t ON t.locktype = 'transactionid' AND t.transactionid = p.transaction \
+         JOIN pg_locks l ON l.virtualtransaction = t.virtualtransaction AND l.locktype = 'relation' \
+           AND l.relation = 'herald_events'::regclass AND l.mode = 'RowExclusiveLock' \
+         WHERE p.database = current_database() \
+         ORDER BY started",
+    )
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let xid: String = r.try_get("xid")?;
+            Ok(crate::dispatch::OpenWriter {
+                pid: r.try_get("pid")?,
+                xid: xid.parse().unwrap_or_default(),
+                started: r.try_get::<Option<DateTime<Utc>>, _>("started")?.unwrap_or_default(),
+                query_start: r.try_get("query_start")?,
+                state: r.try_get::<Option<String>, _>("state")?.unwrap_or_default(),
+                gid: r.try_get("gid")?,
+            })
+        })
+        .collect()
+}
+
 pub(crate) async fn retired_inboxes(pool: &PgPool) -> Result<Vec<String>> {
     Ok(sqlx::query_scalar("SELECT name FROM herald_inbox_renames").fetch_all(pool).await?)
 }
