@@ -30,12 +30,18 @@ async fn record(store: &Store, n: i64) -> Event {
     e
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn open_and_prepared_transactions_delay_only_their_own_events_postgres() {
-    let Some(cluster) = Cluster::start() else { return };
+/// A private cluster and a migrated store on its `test` database, with `handled`.
+async fn private_store() -> Option<(Cluster, Store)> {
+    let cluster = Cluster::start()?;
     let store = Store::connect(&cluster.url("test")).await.unwrap();
     store.migrate().await.unwrap();
     create_handled(&store).await;
+    Some((cluster, store))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn open_and_prepared_transactions_delay_only_their_own_events_postgres() {
+    let Some((cluster, store)) = private_store().await else { return };
     let admin = store.postgres_pool().unwrap().clone();
     sqlx::query("CREATE DATABASE other").execute(&admin).await.unwrap();
     sqlx::query("CREATE TABLE scratch (n INT)").execute(&admin).await.unwrap();
@@ -107,10 +113,7 @@ async fn open_and_prepared_transactions_delay_only_their_own_events_postgres() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_event_committed_after_later_ones_is_delivered_when_it_commits_postgres() {
-    let Some(cluster) = Cluster::start() else { return };
-    let store = Store::connect(&cluster.url("test")).await.unwrap();
-    store.migrate().await.unwrap();
-    create_handled(&store).await;
+    let Some((_cluster, store)) = private_store().await else { return };
     let d = Dispatcher::builder(store.clone()).registry(flow_only()).build().unwrap();
     d.drain().await.unwrap();
 
@@ -230,10 +233,7 @@ many_inboxes!(many_0, many_1, many_2, many_3, many_4, many_5, many_6, many_7);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn inboxes_share_one_snapshot_per_wake_up_postgres() {
-    let Some(cluster) = Cluster::start() else { return };
-    let store = Store::connect(&cluster.url("test")).await.unwrap();
-    store.migrate().await.unwrap();
-    create_handled(&store).await;
+    let Some((_cluster, store)) = private_store().await else { return };
     let pool = store.postgres_pool().unwrap().clone();
     let registry = Registry::collect().unwrap().retain(|d| d.subject == Some("many"));
     assert_eq!(registry.len(), 8);
@@ -276,10 +276,7 @@ async fn inboxes_share_one_snapshot_per_wake_up_postgres() {
 /// checkpoint at most every 100 ms.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_inbox_table_stays_small_through_a_long_snapshot_postgres() {
-    let Some(cluster) = Cluster::start() else { return };
-    let store = Store::connect(&cluster.url("test")).await.unwrap();
-    store.migrate().await.unwrap();
-    create_handled(&store).await;
+    let Some((cluster, store)) = private_store().await else { return };
     let pool = store.postgres_pool().unwrap().clone();
     let registry = || {
         Registry::collect()
@@ -362,10 +359,7 @@ async fn the_inbox_table_stays_small_through_a_long_snapshot_postgres() {
 /// per wake-up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_remote_wake_up_brings_its_view_postgres() {
-    let Some(cluster) = Cluster::start() else { return };
-    let reader = Store::connect(&cluster.url("test")).await.unwrap();
-    reader.migrate().await.unwrap();
-    create_handled(&reader).await;
+    let Some((cluster, reader)) = private_store().await else { return };
     let writer = Store::connect(&cluster.url("test")).await.unwrap(); // another process, as far as wake-ups go
     let pool = reader.postgres_pool().unwrap().clone();
     let (stop, run) = run_counted(&reader, flow_only()).await;
