@@ -262,9 +262,17 @@ backend_test!(queued_but_not_failed_keys_are_not_blocked, |store| async move {
     assert_in_order(&runs(&store).await, 2, 3);
 });
 
-/// Delivery rows claimed by worker `w` (its id, plus the per-run suffix).
+/// Deliveries claimed by worker `w` (its id, plus the per-run suffix): delivery rows,
+/// and the events of the chunks it holds.
 async fn claims_of(store: &Store, w: &str) -> i64 {
-    let sql = format!("SELECT COUNT(*) FROM herald_deliveries WHERE lease_owner LIKE '{w}%'");
+    let events = match store.backend() {
+        herald::Backend::Sqlite => "json_array_length(events)",
+        _ => "cardinality(events)",
+    };
+    let sql = format!(
+        "SELECT (SELECT COUNT(*) FROM herald_deliveries WHERE lease_owner LIKE '{w}%') \
+         + (SELECT COALESCE(SUM({events}), 0) FROM herald_chunks WHERE lease_owner LIKE '{w}%')"
+    );
     match (store.sqlite_pool(), store.postgres_pool()) {
         (Some(p), _) => sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(p).await,
         (_, Some(p)) => sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(p).await,
@@ -299,4 +307,166 @@ backend_test!(a_stopping_worker_gives_back_what_it_claimed_and_did_not_start, |s
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), 20, "every event ran once: {got:?}");
+});
+
+#[inbox(subject = "spn", spread = true, key = "none")]
+async fn spread_unordered(event: &Event, cx: &Context) -> Result<(), InboxError> {
+    noted_run(event, cx).await
+}
+
+/// Counts the rows ever inserted into `herald_deliveries` and `herald_chunks` (a
+/// trigger on each notes its table in `inserted`).
+async fn count_inserts(store: &Store) {
+    common::execute(store, "CREATE TABLE inserted (tbl TEXT NOT NULL)").await.expect("create inserted");
+    match store.backend() {
+        herald::Backend::Sqlite => {
+            for sql in [
+                "CREATE TRIGGER note_delivery AFTER INSERT ON herald_deliveries \
+                 BEGIN INSERT INTO inserted (tbl) VALUES ('herald_deliveries'); END",
+                "CREATE TRIGGER note_chunk AFTER INSERT ON herald_chunks \
+                 BEGIN INSERT INTO inserted (tbl) VALUES ('herald_chunks'); END",
+            ] {
+                common::execute(store, sql).await.expect("create trigger");
+            }
+        }
+        _ => {
+            for sql in [
+                "CREATE FUNCTION note_insert() RETURNS trigger LANGUAGE plpgsql AS \
+                 $$ BEGIN INSERT INTO inserted (tbl) VALUES (TG_TABLE_NAME); RETURN NULL; END $$",
+                "CREATE TRIGGER note_delivery AFTER INSERT ON herald_deliveries FOR EACH ROW EXECUTE FUNCTION note_insert()",
+                "CREATE TRIGGER note_chunk AFTER INSERT ON herald_chunks FOR EACH ROW EXECUTE FUNCTION note_insert()",
+            ] {
+                common::execute(store, sql).await.expect("create trigger");
+            }
+        }
+    }
+}
+
+/// Rows inserted into `table` since [`count_inserts`].
+async fn inserts(store: &Store, table: &str) -> i64 {
+    let sql = format!("SELECT COUNT(*) FROM inserted WHERE tbl = '{table}'");
+    match (store.sqlite_pool(), store.postgres_pool()) {
+        (Some(p), _) => sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(p).await,
+        (_, Some(p)) => sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(p).await,
+        _ => unreachable!("a store has one pool"),
+    }
+    .expect("count inserts")
+}
+
+// The pump copied each event into a delivery row of its own, which a worker then
+// claimed (a second write) and deleted (a third): a noop spread inbox drained at a
+// quarter of a raw SKIP LOCKED loop. It now writes a chunk per partition of keys.
+backend_test!(a_spread_inbox_copies_its_events_in_chunks_not_rows, |store| async move {
+    create_runs(&store).await;
+    count_inserts(&store).await;
+    let d = worker(&store, "a", "spread_sync", 8);
+    d.register().await.unwrap();
+    record(&store, "spr", 10, 30, |_, seq| json!({"seq": seq})).await;
+    let drained = d.drain().await.unwrap();
+    assert_eq!(drained.delivered, 300);
+    assert_in_order(&runs(&store).await, 10, 30);
+    let (rows, chunks) = (inserts(&store, "herald_deliveries").await, inserts(&store, "herald_chunks").await);
+    assert_eq!(rows, 0, "no delivery row for an event that succeeded");
+    // 10 subjects: at most 10 partitions per copy; the pump copies what the queue
+    // has room for (1,000 events) in one write, so one chunk per subject here.
+    assert!((1..=30).contains(&chunks), "{chunks} chunks for 300 events of 10 subjects");
+});
+
+backend_test!(a_keyless_spread_inbox_runs_its_chunks_side_by_side, |store| async move {
+    create_runs(&store).await;
+    let workers: Vec<Dispatcher> = ["a", "b"].into_iter().map(|w| worker(&store, w, "spread_unordered", 4)).collect();
+    workers[0].register().await.unwrap();
+    let running: Vec<_> = workers.iter().map(start).collect();
+    record(&store, "spn", 4, 20, |_, seq| json!({"seq": seq, "ms": 5})).await;
+    wait_for_successes(&store, 80).await;
+    for (stop, run) in running {
+        stop.send(()).unwrap();
+        run.await.unwrap().unwrap();
+    }
+    let got = runs(&store).await;
+    let mut ids: Vec<i64> = got.iter().map(|r| r.5).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!((got.len(), ids.len()), (80, 80), "every event ran once: {got:?}");
+    let status = workers[0].status().await.unwrap();
+    assert_eq!((status[0].pending, status[0].retrying, status[0].dead), (Some(0), 0, 0), "{status:?}");
+});
+
+// A worker that dies holding a chunk (here a "ghost" whose lease ran out, and a
+// second chunk of the same partition waiting behind it; kill -9 for real is
+// tests/processes.rs): the chunk is split into delivery rows, each counted one
+// expiry, and the next chunk's events of those keys wait behind them, in order.
+backend_test!(a_chunk_whose_worker_died_runs_again_in_order, |store| async move {
+    create_runs(&store).await;
+    // Recorded before the inbox exists: the pump never sees them; the chunks below
+    // stand for what a pump copied.
+    record(&store, "spr", 4, 5, |_, seq| json!({"seq": seq})).await;
+    let b = worker(&store, "b", "spread_sync", 4);
+    b.register().await.unwrap();
+    let sql = "SELECT id, subject_id FROM herald_events ORDER BY id";
+    let events: Vec<(i64, String)> = match (store.sqlite_pool(), store.postgres_pool()) {
+        (Some(p), _) => sqlx::query_as(sql).fetch_all(p).await,
+        (_, Some(p)) => sqlx::query_as(sql).fetch_all(p).await,
+        _ => unreachable!("a store has one pool"),
+    }
+    .expect("read events");
+    let (first, second) = events.split_at(8); // seq 0-1 of each subject, then 2-4
+    let chunk = |part: &[(i64, String)], owner: Option<&str>| {
+        let ids: Vec<String> = part.iter().map(|(id, _)| id.to_string()).collect();
+        let keys: Vec<String> = part.iter().map(|(_, s)| format!("\"spr:{s}\"")).collect();
+        let until = owner.map_or("NULL".to_owned(), |_| "'2000-01-01 00:00:00.000000'".to_owned());
+        let owner = owner.map_or("NULL".to_owned(), |o| format!("'{o}'"));
+        match store.backend() {
+            herald::Backend::Sqlite => format!(
+                "INSERT INTO herald_chunks (inbox, part, events, keys, lease_owner, lease_until, created_at) \
+                 VALUES ('spread::spread_sync', 7, '[{}]', '[{}]', {owner}, {until}, '2000-01-01 00:00:00.000000')",
+                ids.join(","),
+                keys.join(",")
+            ),
+            _ => format!(
+                "INSERT INTO herald_chunks (inbox, part, events, keys, lease_owner, lease_until, created_at) \
+                 VALUES ('spread::spread_sync', 7, '{{{}}}', '{{{}}}', {owner}, {until}, now())",
+                ids.join(","),
+                keys.join(",")
+            ),
+        }
+    };
+    for sql in [chunk(first, Some("ghost")), chunk(second, None)] {
+        match (store.sqlite_pool(), store.postgres_pool()) {
+            (Some(p), _) => sqlx::query(sqlx::AssertSqlSafe(sql)).execute(p).await.map(|r| r.rows_affected()),
+            (_, Some(p)) => sqlx::query(sqlx::AssertSqlSafe(sql)).execute(p).await.map(|r| r.rows_affected()),
+            _ => unreachable!("a store has one pool"),
+        }
+        .expect("insert chunk");
+    }
+    let drained = b.drain().await.unwrap();
+    assert_eq!(drained.delivered, 20);
+    let got = runs(&store).await;
+    assert_in_order(&got, 4, 5);
+    let status = b.status().await.unwrap();
+    assert_eq!((status[0].pending, status[0].retrying, status[0].dead), (Some(0), 0, 0), "{status:?}");
+
+    // The expiry is counted: with one allowed, the split rows are dead letters.
+    let c = Dispatcher::builder(store.clone())
+        .registry(only("spread_sync"))
+        .resource(Worker("c"))
+        .worker_id("c")
+        .max_lease_expiries(1)
+        .build()
+        .unwrap();
+    for sql in [chunk(first, Some("ghost")), chunk(second, None)] {
+        match (store.sqlite_pool(), store.postgres_pool()) {
+            (Some(p), _) => sqlx::query(sqlx::AssertSqlSafe(sql)).execute(p).await.map(|r| r.rows_affected()),
+            (_, Some(p)) => sqlx::query(sqlx::AssertSqlSafe(sql)).execute(p).await.map(|r| r.rows_affected()),
+            _ => unreachable!("a store has one pool"),
+        }
+        .expect("insert chunk");
+    }
+    c.drain().await.unwrap();
+    let dead = store.dead_letters(None).await.unwrap();
+    let mut dead_ids: Vec<i64> = dead.iter().map(|d| d.event_id.0).collect();
+    dead_ids.sort_unstable();
+    assert_eq!(dead_ids, first.iter().map(|(id, _)| *id).collect::<Vec<_>>(), "{dead:?}");
+    assert!(dead.iter().all(|d| d.expiries == 1), "{dead:?}");
+    assert_eq!(runs(&store).await.len(), 20 + 12, "the second chunk ran again, behind the dead");
 });

@@ -403,6 +403,105 @@ pub(crate) struct Claimed {
     pub(crate) next: bool,
 }
 
+/// A spread inbox's event copied by its pump, to go into a chunk.
+#[derive(Debug, Clone)]
+pub(crate) struct Copied {
+    pub(crate) event_id: EventId,
+    pub(crate) key: Option<String>,
+    /// The event, kept for this worker's claims once the copy is written.
+    pub(crate) event: Event,
+}
+
+/// A run of copied events of one partition of keys, written as one
+/// `herald_chunks` row. Chunks of one partition run one after another, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Chunk {
+    /// `None`: the inbox keeps no order; the chunk may run beside any other.
+    pub(crate) part: Option<i32>,
+    pub(crate) events: Vec<i64>,
+    pub(crate) keys: Vec<Option<String>>,
+}
+
+/// How many partitions a spread inbox's keys hash into: at most this many of its
+/// chunks run at once, across every worker. Part of the stored data's meaning (a key
+/// must land in the same partition whichever process copies it): never change it.
+const CHUNK_PARTS: u64 = 32;
+
+/// The most events in one chunk.
+const CHUNK_MAX: usize = 64;
+
+/// The partition of `key`: FNV-1a, the same in every process and build.
+fn chunk_part(key: &str) -> i32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % CHUNK_PARTS) as i32
+}
+
+/// Groups copied events (in commit order) into chunks: per partition of their key,
+/// in order, at most [`CHUNK_MAX`] each. Chunks are listed by their first event, so
+/// each partition's chunks are written (and numbered) in order.
+pub(crate) fn chunks_of(copies: &[Copied]) -> Vec<Chunk> {
+    let mut open: HashMap<Option<i32>, usize> = HashMap::new();
+    let mut out: Vec<Chunk> = Vec::new();
+    for c in copies {
+        let part = c.key.as_deref().map(chunk_part);
+        let at = match open.get(&part) {
+            Some(&i) if out[i].events.len() < CHUNK_MAX => i,
+            _ => {
+                out.push(Chunk { part, events: Vec::new(), keys: Vec::new() });
+                open.insert(part, out.len() - 1);
+                out.len() - 1
+            }
+        };
+        out[at].events.push(c.event_id.0);
+        out[at].keys.push(c.key.clone());
+    }
+    out
+}
+
+/// A claimed chunk: its events in commit order.
+#[derive(Debug)]
+pub(crate) struct ClaimedChunk {
+    pub(crate) id: i64,
+    pub(crate) items: Vec<ChunkItem>,
+}
+
+/// What a chunk claim found.
+#[derive(Debug)]
+pub(crate) struct ChunkClaim {
+    pub(crate) chunks: Vec<ClaimedChunk>,
+    /// It split chunks whose worker died into delivery rows.
+    pub(crate) split: bool,
+    /// Delivery rows of the inbox are claimable now.
+    pub(crate) rows_due: bool,
+}
+
+/// One event of a claimed chunk.
+#[derive(Debug)]
+pub(crate) struct ChunkItem {
+    pub(crate) event_id: EventId,
+    /// The event, or why it cannot be read; `None` when the claim did not read it
+    /// (this worker's pump copied it and keeps it).
+    pub(crate) event: Option<Result<Event>>,
+    pub(crate) key: Option<String>,
+    /// Whether a live delivery row of its key (an earlier event that failed) holds
+    /// it back: it is parked behind it, not run.
+    pub(crate) held: bool,
+}
+
+/// A row a settled chunk leaves in `herald_deliveries`: a failure, an event parked
+/// behind one, or (at a stop) an event not run, free for any worker, or one still
+/// running here (`leased`: claimed by this worker, to be completed as a row).
+#[derive(Debug, Clone)]
+pub(crate) struct ChunkRow {
+    pub(crate) chunk: i64,
+    pub(crate) row: Failure,
+    pub(crate) leased: bool,
+}
+
 /// A delivery that will not be attempted again unless retried by hand
 /// ([`Store::retry_dead`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -690,6 +789,7 @@ impl DispatcherBuilder {
                 me,
                 careful: Mutex::default(),
                 known: Mutex::default(),
+                copied: Mutex::default(),
                 started: OnceCell::new(),
             }),
         })
@@ -731,8 +831,16 @@ struct Inner {
     careful: Mutex<HashMap<&'static str, usize>>,
     /// The last checkpoint this worker wrote or read per inbox, and its lease if held.
     known: Mutex<HashMap<&'static str, Known>>,
+    /// Events this worker's pumps copied into chunks, per inbox, until a claim of
+    /// this worker takes them: its claims need not read them again.
+    copied: Mutex<HashMap<&'static str, HashMap<i64, Event>>>,
     started: OnceCell<()>,
 }
+
+/// The most copied events a worker keeps per inbox for its own claims (about 10 MB);
+/// when full (copies claimed by other processes stay until then), it starts again
+/// empty.
+const COPIED_KEPT: usize = 20_000;
 
 /// What a worker knows of an inbox row it wrote or read last.
 #[derive(Debug, Clone)]
@@ -841,6 +949,8 @@ struct Slot {
     done: bool,
     /// Parked with the checkpoint that passes it.
     failure: Option<Failure>,
+    /// A spread inbox's event, copied into a chunk with the checkpoint that passes it.
+    copy: Option<Copied>,
 }
 
 impl Window {
@@ -863,7 +973,12 @@ impl Window {
     }
 
     fn push_done(&mut self, after: Mark, failure: Option<Failure>) {
-        self.slots.push_back(Slot { after, done: true, failure });
+        self.slots.push_back(Slot { after, done: true, failure, copy: None });
+    }
+
+    /// A spread inbox's event: passed at once, copied with the checkpoint.
+    fn push_copy(&mut self, after: Mark, copy: Copied) {
+        self.slots.push_back(Slot { after, done: true, failure: None, copy: Some(copy) });
     }
 
     /// Takes in a readable event: parked behind the failure holding its key back
@@ -882,7 +997,7 @@ impl Window {
                 self.push_done(after, Some(parked));
                 return;
             }
-            self.slots.push_back(Slot { after, done: false, failure: None });
+            self.slots.push_back(Slot { after, done: false, failure: None, copy: None });
             if self.busy.contains(k) {
                 self.queued.entry(k.clone()).or_default().push_back((n, event));
                 self.queued_len += 1;
@@ -890,7 +1005,7 @@ impl Window {
             }
             self.busy.insert(k.clone());
         } else {
-            self.slots.push_back(Slot { after, done: false, failure: None });
+            self.slots.push_back(Slot { after, done: false, failure: None, copy: None });
         }
         self.ready.push_back((n, key, event));
     }
@@ -939,16 +1054,10 @@ const SPREAD_QUEUE: usize = 1_000;
 /// drains in 50 ms at 5,000 deliveries/s).
 const SPREAD_RECOUNT: Duration = Duration::from_millis(50);
 
-/// A spread inbox's event copied into a delivery row, for any worker to claim.
-fn queued(def: &InboxDef, event: &Event) -> Failure {
-    Failure {
-        key: def.key.of(event),
-        event_id: event.id,
-        attempts: 0,
-        next_at: now(),
-        error: String::new(),
-        dead: false,
-    }
+/// An event of a chunk not run (its worker stopping), as a delivery row for any
+/// worker to claim.
+fn unstarted(event_id: EventId, key: Option<String>) -> Failure {
+    Failure { key, event_id, attempts: 0, next_at: now(), error: String::new(), dead: false }
 }
 
 /// A parked event of a key held back by an earlier one: claimed once it is its key's
@@ -969,6 +1078,8 @@ fn waiting(event_id: EventId, key: &str, head: &str) -> Failure {
 struct Passed {
     mark: Option<Mark>,
     failures: Vec<Failure>,
+    /// A spread inbox's events to copy into chunks.
+    copies: Vec<Copied>,
     /// Slots passed (events and batch ends).
     events: usize,
 }
@@ -982,6 +1093,7 @@ impl Passed {
             self.events += 1;
             self.mark = Some(slot.after);
             self.failures.extend(slot.failure);
+            self.copies.extend(slot.copy);
         }
     }
 
@@ -1119,19 +1231,43 @@ impl Dispatcher {
             let view = self.inner.store.view().await?;
             let mut progressed = false;
             for def in self.inner.registry.iter() {
-                loop {
-                    let pass = caught(self.pump_inbox(def, &view, None)).await?;
+                // A spread inbox's pump copies while its claims run, side by side.
+                let (pumping_tx, pumping) = tokio::sync::watch::channel(true);
+                let pump = async {
+                    let mut copied = Pass::default();
+                    loop {
+                        let pass = match caught(self.pump_inbox(def, &view, None)).await {
+                            Ok(pass) => pass,
+                            Err(e) => {
+                                let _ = pumping_tx.send(false);
+                                return Err(e);
+                            }
+                        };
+                        copied.delivered += pass.delivered;
+                        copied.failed += pass.failed;
+                        copied.queued += pass.queued;
+                        if !pass.more {
+                            break;
+                        }
+                    }
+                    let _ = pumping_tx.send(false);
+                    Ok(copied)
+                };
+                let (pumped, claimed) = if def.spread {
+                    let (p, c) = tokio::join!(pump, caught(self.claim_stream(def, None, Some(pumping))));
+                    (p?, c?)
+                } else {
+                    (pump.await?, Pass::default())
+                };
+                for pass in [pumped, claimed] {
                     total.delivered += pass.delivered;
                     total.failed += pass.failed;
                     progressed |= pass.delivered + pass.failed + pass.queued > 0;
-                    if !pass.more {
-                        break;
-                    }
                 }
             }
             let mut more = false;
             for def in self.inner.registry.iter() {
-                let pass = caught(self.claim_stream(def, None)).await?;
+                let pass = caught(self.claim_stream(def, None, None)).await?;
                 total.delivered += pass.delivered;
                 total.failed += pass.failed;
                 progressed |= pass.delivered + pass.failed > 0;
@@ -1379,7 +1515,7 @@ impl Dispatcher {
         let mut live = ClaimLive { commits: store.subscribe_commits(), queued: store.subscribe_queued(), stop };
         while !*live.stop.borrow() {
             let l = ClaimLive { commits: live.commits.clone(), queued: live.queued.clone(), stop: live.stop.clone() };
-            if let Err(e) = caught(self.claim_stream(def, Some(l))).await {
+            if let Err(e) = caught(self.claim_stream(def, Some(l), None)).await {
                 tracing::warn!(inbox = def.name, error = %e, "herald: claiming deliveries failed; will retry");
                 tokio::select! {
                     _ = live.stop.changed() => {}
@@ -1512,7 +1648,8 @@ impl Dispatcher {
         };
         let view = fresh.as_ref().unwrap_or(view);
         if lease.checkpoint.caught_up(view) {
-            let released = store.advance(def.name, &inner.me, lease.epoch, &lease.checkpoint, None, &[], now()).await?;
+            let released =
+                store.advance(def.name, &inner.me, lease.epoch, &lease.checkpoint, None, &[], &[], now()).await?;
             let known = Known::stored(lease.checkpoint, None, lease.epoch, blocked);
             self.remember(def.name, released.then_some(known));
             return Ok(Pass::default());
@@ -1577,7 +1714,11 @@ impl Dispatcher {
         // (claimed by every worker) while fewer than `cap` wait to run.
         let spread = def.spread;
         let cap = SPREAD_QUEUE.max(4 * inner.batch_size);
-        let (mut room, mut recount_at): (Option<usize>, _) = (None, tokio::time::Instant::now());
+        // Under `drain` its claims run alongside (each pass copies all it can); under
+        // `run` the queue is capped.
+        let uncapped = stop.is_none();
+        let (mut room, mut recount_at): (Option<usize>, _) =
+            (uncapped.then_some(usize::MAX), tokio::time::Instant::now());
         let mut w = Window::new(lease.checkpoint.clone());
         // Deliveries run inside this task (no spawn and cross-thread wake-up per event);
         // every database call of the stream is awaited `alongside` them, so they go on
@@ -1682,7 +1823,7 @@ impl Dispatcher {
                         Ok(event) if spread => {
                             room = room.map(|r| r.saturating_sub(1));
                             pass.queued += 1;
-                            w.push_done(after, Some(queued(def, &event)));
+                            w.push_copy(after, Copied { event_id: event.id, key: def.key.of(&event), event });
                         }
                         Ok(event) => w.admit(def, after, event, &held),
                         Err(e) => {
@@ -1709,7 +1850,6 @@ impl Dispatcher {
             }
             unwritten.take(&mut w);
             let idle = running.is_empty() && landed.is_empty() && (w.ready.is_empty() || stopping);
-            // Under `drain` a full spread queue ends the pass: the claims run next.
             let full = spread && room == Some(0);
             let lingering = !stopping && busy_at.is_some_and(|at| at.elapsed() < linger);
             let finished = idle && (stopping || (w.cursor.caught_up(&view) && !lingering) || (full && stop.is_none()));
@@ -1722,8 +1862,10 @@ impl Dispatcher {
                 let to = unwritten.mark.clone().unwrap_or_else(|| written.clone());
                 let renew = (!finished).then_some(inner.lease);
                 let parked_keys = unwritten.failures.iter().any(|f| f.key.is_some() && !f.dead);
-                let copied = spread && unwritten.failures.iter().any(|f| !f.dead);
-                let write = store.advance(def.name, &inner.me, lease.epoch, &to, renew, &unwritten.failures, now());
+                let copied = !unwritten.copies.is_empty();
+                let chunks = chunks_of(&unwritten.copies);
+                let write =
+                    store.advance(def.name, &inner.me, lease.epoch, &to, renew, &unwritten.failures, &chunks, now());
                 if !alongside(&mut running, &mut landed, write).await? {
                     tracing::warn!(
                         inbox = def.name,
@@ -1737,6 +1879,15 @@ impl Dispatcher {
                     *left = left.saturating_sub(unwritten.events.max(1));
                 }
                 if copied {
+                    if let Ok(mut kept) = inner.copied.lock() {
+                        let kept = kept.entry(def.name).or_default();
+                        if kept.len() + unwritten.copies.len() > COPIED_KEPT {
+                            kept.clear();
+                        }
+                        for c in unwritten.copies.drain(..).take(COPIED_KEPT) {
+                            kept.insert(c.event_id.0, c.event);
+                        }
+                    }
                     store.announce_queued();
                 }
                 // What was parked is now the database's to tell: ask it from the next batch on.
@@ -1805,6 +1956,38 @@ impl Dispatcher {
         }
     }
 
+    /// Whether this worker keeps events its pump copied for `inbox`.
+    fn keeps_copies(&self, inbox: &'static str) -> bool {
+        self.inner.copied.lock().is_ok_and(|kept| kept.get(inbox).is_some_and(|k| !k.is_empty()))
+    }
+
+    /// Gives the claimed events not read by the claim: the kept copies, and (copied
+    /// by another worker, or no longer kept) the rest read in one query.
+    async fn fill_events(&self, inbox: &'static str, chunks: &mut [ClaimedChunk]) -> Result<()> {
+        let mut missing = Vec::new();
+        if let Ok(mut kept) = self.inner.copied.lock() {
+            let kept = kept.entry(inbox).or_default();
+            for item in chunks.iter_mut().flat_map(|c| c.items.iter_mut()).filter(|i| i.event.is_none()) {
+                match kept.remove(&item.event_id.0) {
+                    Some(event) => item.event = Some(Ok(event)),
+                    None => missing.push(item.event_id.0),
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut read = self.inner.store.events_by_id(&missing).await?;
+        for item in chunks.iter_mut().flat_map(|c| c.items.iter_mut()).filter(|i| i.event.is_none()) {
+            let id = item.event_id.0;
+            item.event = Some(
+                read.remove(&id)
+                    .unwrap_or_else(|| Err(Error::Corrupt { id, reason: "delivery of a missing event".into() })),
+            );
+        }
+        Ok(())
+    }
+
     /// Whether `inbox` is re-delivering one event at a time after a takeover.
     fn careful(&self, inbox: &'static str) -> Result<bool> {
         let careful = self.inner.careful.lock().map_err(|_| Error::InvalidConfig("poisoned lock".into()))?;
@@ -1861,81 +2044,156 @@ impl Dispatcher {
     }
 
     /// Claims and runs `def`'s ready deliveries: retries that are due and, for a
-    /// spread inbox, the events its lease holder copied into rows (in any process).
-    /// Claims only each key's oldest live row (`FOR UPDATE SKIP LOCKED` on
-    /// PostgreSQL), runs up to the concurrency side by side, claims again as soon as
-    /// a handler is free (no batch barrier), completes what finished in one statement
-    /// while the rest run, and renews the leases of what it holds.
+    /// spread inbox, the chunks of events its lease holder copied (in any process).
+    /// Claims only each key's oldest live row and each partition's oldest chunk
+    /// (`FOR UPDATE SKIP LOCKED` on PostgreSQL), runs up to the concurrency side by
+    /// side (a chunk's keys side by side, each key's events one at a time in order),
+    /// claims again as soon as a handler is free (no batch barrier), completes what
+    /// finished in one statement while the rest run, and renews the leases of what it
+    /// holds.
     ///
     /// How far ahead it claims adapts: about one claim's round trip of work beyond
-    /// the running handlers, and at least as many rows again as the concurrency (fast
-    /// handlers: up to 500 rows a claim; slow ones: a
-    /// chunk per claim, not one row per finished handler).
+    /// the running handlers, and at least as many deliveries again as the concurrency
+    /// (fast handlers: up to 500 a claim; slow ones: a chunk per claim, not one row
+    /// per finished handler).
+    ///
+    /// A chunk is settled once each of its events ran or was parked: one statement
+    /// deletes it and writes the rows it leaves (failures, and the later events of
+    /// their keys parked behind them). At a stop, every chunk held is settled at once:
+    /// what did not start becomes rows free for any worker, what runs becomes rows
+    /// this worker holds and completes.
     ///
     /// `live` (under [`run`](Self::run)): wake-ups and the stop signal; it returns only
     /// at stop. `None` (under [`drain`](Self::drain)): returns once nothing is
-    /// claimable and nothing runs.
-    async fn claim_stream(&self, def: &'static InboxDef, live: Option<ClaimLive>) -> Result<Pass> {
+    /// claimable and nothing runs, and (`pumping`, a spread inbox under `drain`) its
+    /// pump, running alongside, has copied everything.
+    async fn claim_stream(
+        &self,
+        def: &'static InboxDef,
+        live: Option<ClaimLive>,
+        mut pumping: Option<tokio::sync::watch::Receiver<bool>>,
+    ) -> Result<Pass> {
         use crate::concurrent::alongside;
-        /// The most rows one claim takes.
+        /// The most deliveries one claim takes.
         const CLAIM_MAX: usize = 500;
         /// The longest a finished delivery waits for its completion to be written.
         const COMPLETE_AFTER: Duration = Duration::from_millis(5);
+        /// How often an inbox that is not spread looks for chunks (left by a version
+        /// of it that was, or by a process still running one).
+        const CHUNKS_AFTER: Duration = Duration::from_secs(30);
         let inner = &*self.inner;
         let store = &inner.store;
         let concurrency = inner.concurrency;
         let mut running = crate::concurrent::Running::new();
         let mut landed: Vec<ClaimLanded> = Vec::new();
-        let mut queue: std::collections::VecDeque<Claimed> = Default::default();
+        let mut queue: std::collections::VecDeque<Work> = Default::default();
+        // Claimed rows, and claimed chunks with what is left of each.
         let mut held: HashSet<i64> = HashSet::new();
+        let mut chunks: HashMap<i64, ChunkRun> = HashMap::new();
+        // Chunks whose every event ran or was parked: to settle.
+        let mut settled: Vec<i64> = Vec::new();
+        // Events of chunks settled at a stop while they ran: their rows, held here.
+        let mut moved: HashMap<EventId, i64> = HashMap::new();
         let (mut ok, mut failed): (Vec<i64>, Vec<(i64, Failure)>) = (Vec::new(), Vec::new());
         let mut pass = Pass::default();
-        // Average handler run and claim round trip, for how far ahead to claim.
-        let (mut handler_secs, mut claim_secs) = (0.001_f64, 0.001_f64);
+        // Average handler run and claim round trip, for how far ahead to claim; the
+        // average chunk's length, for how many chunks to claim.
+        let (mut handler_secs, mut claim_secs, mut chunk_len) = (0.001_f64, 0.001_f64, 16.0_f64);
         let (mut want, mut stopping) = (true, false);
+        let mut chunks_at: Option<tokio::time::Instant> = None;
+        // Whether delivery rows may be claimable (a spread inbox's chunk claims tell;
+        // a row claim per chunk claim would double the statements of a fast inbox).
+        let mut rows_maybe = true;
+        // Chunks finished with nothing to write: deleted by the next chunk claim.
+        let mut riding: Vec<i64> = Vec::new();
         let mut last_renew = tokio::time::Instant::now();
         // When the oldest finished delivery not yet completed finished.
         let mut first_done: Option<tokio::time::Instant> = None;
         let names = [def.name];
         let (mut commits, mut queued, mut stop) = match live {
             Some(l) => (Some(l.commits), Some(l.queued), Some(l.stop)),
-            None => (None, None, None),
+            None => (None, pumping.is_some().then(|| store.subscribe_queued()), None),
         };
         loop {
-            for ((id, next), out) in landed.drain(..) {
-                let c = match &out {
+            for (tag, out) in landed.drain(..) {
+                let c = match out {
                     Ok((c, took)) => {
                         handler_secs = 0.5 * handler_secs + 0.5 * took.as_secs_f64();
                         c
                     }
                     Err(panic) => {
                         // Outside the handler (whose panics fail the delivery): the row
-                        // is left to its lease, which stops being renewed.
-                        tracing::error!(inbox = def.name, delivery = id, panic = %panic, "herald: a delivery's bookkeeping panicked; it runs again after its lease");
-                        held.remove(&id);
+                        // or chunk is left to its lease, which stops being renewed.
+                        tracing::error!(inbox = def.name, panic = %panic, "herald: a delivery's bookkeeping panicked; it runs again after its lease");
+                        match tag {
+                            Tag::Row(id, _) => {
+                                held.remove(&id);
+                            }
+                            Tag::Part(chunk, ..) => {
+                                chunks.remove(&chunk);
+                            }
+                        }
                         continue;
                     }
                 };
+                match &c {
+                    None => pass.delivered += 1,
+                    Some(_) => pass.failed += 1,
+                }
+                let (id, next) = match tag {
+                    Tag::Row(id, next) => (id, next),
+                    Tag::Part(chunk, at, key, event_id) => {
+                        if let Some(run) = chunks.get_mut(&chunk) {
+                            if run.landed(chunk, at, key, c, &mut queue) {
+                                settled.push(chunk);
+                                first_done.get_or_insert_with(tokio::time::Instant::now);
+                            }
+                            continue;
+                        }
+                        // Its chunk was settled at a stop: the event is a row now.
+                        match moved.remove(&event_id) {
+                            Some(id) => (id, false),
+                            None => continue, // the chunk was lost (its lease ran out)
+                        }
+                    }
+                };
                 match c {
-                    None => {
-                        pass.delivered += 1;
-                        ok.push(id);
-                    }
-                    Some(f) => {
-                        pass.failed += 1;
-                        failed.push((id, f.clone()));
-                    }
+                    None => ok.push(id),
+                    Some(f) => failed.push((id, f)),
                 }
                 first_done.get_or_insert_with(tokio::time::Instant::now);
                 // A keyed delivery that succeeded or died lets the next event of its key go.
-                want |= next && c.as_ref().is_none_or(|f| f.dead);
+                let freed = next && failed.last().is_none_or(|(last, f)| *last != id || f.dead);
+                want |= freed;
+                rows_maybe |= freed;
             }
-            // Freed handlers take claimed rows first; the completion runs alongside them.
+            // Freed handlers take claimed work first; the completion runs alongside them.
             while running.len() < concurrency
                 && !stopping
-                && let Some(c) = queue.pop_front()
+                && let Some(work) = queue.pop_front()
             {
-                running.push((c.id, c.next), self.run_claimed(def, c));
+                match work {
+                    Work::Row(c) => running.push(Tag::Row(c.id, c.next), self.run_claimed(def, c)),
+                    Work::Part(chunk, at, item) => {
+                        if let Some(run) = chunks.get_mut(&chunk) {
+                            run.running.insert(at, (item.event_id, item.key.clone()));
+                        }
+                        let tag = Tag::Part(chunk, at, item.key.clone(), item.event_id);
+                        let event = item.event.unwrap_or_else(|| {
+                            Err(Error::Corrupt { id: item.event_id.0, reason: "a claimed event was not read".into() })
+                        });
+                        let c = Claimed {
+                            id: chunk,
+                            event_id: item.event_id,
+                            event,
+                            attempts: 0,
+                            expiries: 0,
+                            key: item.key,
+                            next: false,
+                        };
+                        running.push(tag, self.run_claimed(def, c));
+                    }
+                }
             }
             // At least the concurrency ahead: claims come in chunks, not one row per
             // finished handler (each claim is a statement walking the ready rows).
@@ -1947,7 +2205,7 @@ impl Dispatcher {
             // Completions go in batches (one statement each): before a claim (what
             // finished frees its key, and room), when nothing else is left to run, at
             // stop, or once the oldest has waited COMPLETE_AFTER.
-            let done = ok.len() + failed.len();
+            let done = ok.len() + failed.len() + settled.len();
             if done > 0
                 && (claim_soon
                     || stopping
@@ -1957,35 +2215,123 @@ impl Dispatcher {
             {
                 let (o, f) = (std::mem::take(&mut ok), std::mem::take(&mut failed));
                 first_done = None;
-                alongside(&mut running, &mut landed, store.complete_retries(&inner.me, &o, &f, now())).await?;
+                if !o.is_empty() || !f.is_empty() {
+                    alongside(&mut running, &mut landed, store.complete_retries(&inner.me, &o, &f, now())).await?;
+                }
                 for id in o.iter().chain(f.iter().map(|(id, _)| id)) {
                     held.remove(id);
                 }
+                if !settled.is_empty() {
+                    // Chunks that leave no row ride on the claim that follows; the
+                    // others are settled now, with their rows.
+                    let (mut ids, mut rows) = (Vec::new(), Vec::new());
+                    for id in std::mem::take(&mut settled) {
+                        let Some(run) = chunks.remove(&id) else { continue };
+                        let left = run.rows(id);
+                        if left.is_empty() && claim_soon {
+                            riding.push(id);
+                        } else {
+                            ids.push(id);
+                            rows.extend(left);
+                        }
+                    }
+                    if !ids.is_empty() {
+                        let t = now();
+                        rows_maybe |= !rows.is_empty();
+                        let settle = store.settle_chunks(&inner.me, def.name, &ids, &rows, t, t);
+                        alongside(&mut running, &mut landed, settle).await?;
+                    }
+                    // The next chunk of each partition may run now.
+                    want = true;
+                    continue;
+                }
             }
-            if stopping && !queue.is_empty() {
+            if stopping && (!queue.is_empty() || !chunks.is_empty()) {
                 // Claimed, never started: free for any worker now, not at the lease's end.
-                let ids: Vec<i64> = queue.drain(..).map(|c| c.id).collect();
+                let mut ids = Vec::new();
+                for work in queue.drain(..) {
+                    match work {
+                        Work::Row(c) => ids.push(c.id),
+                        Work::Part(chunk, at, item) => {
+                            if let Some(run) = chunks.get_mut(&chunk) {
+                                run.unstarted.push((at, item.event_id, item.key));
+                            }
+                        }
+                    }
+                }
                 alongside(&mut running, &mut landed, store.release_claims(&inner.me, &ids)).await?;
                 for id in &ids {
                     held.remove(id);
                 }
-            }
-            if claim_soon && held.len() < target {
-                let limit = (target - held.len()).min(CLAIM_MAX);
-                let (t, started) = (now(), tokio::time::Instant::now());
-                let claim = store.claim_retries(&inner.me, &names, t, t + chrono_of(inner.lease), limit);
-                let claimed = alongside(&mut running, &mut landed, claim).await?;
-                claim_secs = 0.8 * claim_secs + 0.2 * started.elapsed().as_secs_f64();
-                want = claimed.len() == limit;
-                if !claimed.is_empty() {
-                    last_renew = last_renew.min(tokio::time::Instant::now());
+                // Chunks become rows: what did not start, free; what runs, held here.
+                let ids: Vec<i64> = chunks.keys().copied().collect();
+                let rows: Vec<ChunkRow> = chunks.drain().flat_map(|(id, run)| run.stopped(id)).collect();
+                let t = now();
+                let until = t + chrono_of(inner.lease);
+                let settle = store.settle_chunks(&inner.me, def.name, &ids, &rows, t, until);
+                for (event_id, row) in alongside(&mut running, &mut landed, settle).await? {
+                    moved.insert(event_id, row);
+                    held.insert(row);
                 }
-                held.extend(claimed.iter().map(|c| c.id));
-                queue.extend(claimed);
+                settled.clear();
+            }
+            let holding = held.len() + chunks.values().map(|r| r.open).sum::<usize>();
+            if claim_soon && holding < target {
+                let limit = (target - holding).min(CLAIM_MAX);
+                let (t, started) = (now(), tokio::time::Instant::now());
+                let until = t + chrono_of(inner.lease);
+                let mut full = false;
+                let mut left = limit;
+                if rows_maybe || !def.spread {
+                    let claim = store.claim_retries(&inner.me, &names, t, until, limit);
+                    let claimed = alongside(&mut running, &mut landed, claim).await?;
+                    full = claimed.len() == limit;
+                    rows_maybe = full;
+                    left = limit - claimed.len();
+                    held.extend(claimed.iter().map(|c| c.id));
+                    queue.extend(claimed.into_iter().map(Work::Row));
+                }
+                let chunks_due = def.spread || chunks_at.is_none_or(|at| at.elapsed() >= CHUNKS_AFTER);
+                if (left > 0 && chunks_due) || !riding.is_empty() {
+                    chunks_at = Some(tokio::time::Instant::now());
+                    let n = if left > 0 { ((left as f64 / chunk_len).ceil() as usize).max(1) } else { 0 };
+                    let done = std::mem::take(&mut riding);
+                    // Events this worker's pump copied are kept: read only when it keeps none.
+                    let read = !self.keeps_copies(def.name);
+                    let claim = store.claim_chunks(&inner.me, def.name, t, until, n, &done, read);
+                    let mut got = alongside(&mut running, &mut landed, claim).await?;
+                    if !read {
+                        let fill = self.fill_events(def.name, &mut got.chunks);
+                        alongside(&mut running, &mut landed, fill).await?;
+                    }
+                    // Claim again at once: more chunks may wait, or rows (claimable
+                    // now, split, or the next chunks of the partitions just finished).
+                    full |= got.split || got.chunks.len() == n || (got.rows_due && !rows_maybe) || !done.is_empty();
+                    rows_maybe |= got.rows_due || got.split;
+                    for c in got.chunks {
+                        chunk_len = 0.8 * chunk_len + 0.2 * c.items.len() as f64;
+                        let (run, ready) = ChunkRun::claimed(c);
+                        if run.open == 0 {
+                            settled.push(ready.0);
+                            first_done.get_or_insert_with(tokio::time::Instant::now);
+                        }
+                        queue.extend(ready.1);
+                        chunks.insert(ready.0, run);
+                    }
+                }
+                claim_secs = 0.8 * claim_secs + 0.2 * started.elapsed().as_secs_f64();
+                want = full;
+                last_renew = last_renew.min(tokio::time::Instant::now());
                 continue;
             }
+            if !riding.is_empty() {
+                // No claim came to take them along.
+                let (ids, t) = (std::mem::take(&mut riding), now());
+                alongside(&mut running, &mut landed, store.settle_chunks(&inner.me, def.name, &ids, &[], t, t)).await?;
+            }
             let idle = running.is_empty() && queue.is_empty() && landed.is_empty() && first_done.is_none();
-            if idle && (stopping || (stop.is_none() && !want)) {
+            let pumped = pumping.as_ref().is_none_or(|p| !*p.borrow());
+            if idle && (stopping || (stop.is_none() && !want && pumped)) {
                 return Ok(pass);
             }
             if !landed.is_empty() {
@@ -1997,19 +2343,24 @@ impl Dispatcher {
             tokio::select! {
                 () = running.settle(&mut landed), if !running.is_empty() => {}
                 _ = sleep_until_some(complete_at), if complete_at.is_some() => {}
-                _ = tokio::time::sleep_until(renew_at), if !held.is_empty() => {
+                _ = tokio::time::sleep_until(renew_at), if !held.is_empty() || !chunks.is_empty() => {
                     last_renew = tokio::time::Instant::now();
                     let ids: Vec<i64> = held.iter().copied().collect();
                     let until = now() + chrono_of(inner.lease);
                     if let Err(e) = alongside(&mut running, &mut landed, store.renew_retries(&inner.me, &ids, until)).await {
                         tracing::warn!(inbox = def.name, error = %e, "herald: renewing delivery leases failed");
                     }
+                    let ids: Vec<i64> = chunks.keys().copied().collect();
+                    if let Err(e) = alongside(&mut running, &mut landed, store.renew_chunks(&inner.me, &ids, until)).await {
+                        tracing::warn!(inbox = def.name, error = %e, "herald: renewing chunk leases failed");
+                    }
                 }
-                // Commits concern a spread inbox (another process's pump copied rows);
+                // Commits concern a spread inbox (another process's pump copied chunks);
                 // other inboxes' rows are this process's failures (polled, as retries
                 // wait their backoff anyway): no claim statement per commit for them.
                 _ = changed(commits.as_mut()), if live_wait && def.spread => want = true,
-                _ = changed(queued.as_mut()), if live_wait => want = true,
+                _ = changed(queued.as_mut()), if live_wait || !pumped => want = true,
+                _ = pumping_changed(pumping.as_mut()), if !pumped => want = true,
                 _ = tokio::time::sleep(inner.poll_interval), if live_wait => want = true,
                 _ = wait_stop(stop.as_mut()), if live_wait => stopping = true,
             }
@@ -2070,7 +2421,136 @@ impl Dispatcher {
 /// A claimed delivery that finished: its row and whether rows of its key wait behind
 /// it, and its failure if any and how long it ran (or the panic message, which
 /// `run_claimed` already catches).
-type ClaimLanded = ((i64, bool), std::result::Result<(Option<Failure>, Duration), String>);
+type ClaimLanded = (Tag, std::result::Result<(Option<Failure>, Duration), String>);
+
+/// What a claim stream runs: a claimed row, or an event of a claimed chunk (its
+/// chunk, its position in it).
+enum Work {
+    Row(Claimed),
+    Part(i64, usize, ChunkItem),
+}
+
+/// A running delivery: a row (and whether rows of its key wait behind it), or an
+/// event of a chunk (its chunk, position, key and event).
+enum Tag {
+    Row(i64, bool),
+    Part(i64, usize, Option<String>, EventId),
+}
+
+/// The error of the rows a chunk leaves when its worker died: each is counted one
+/// expiry (its worker stopped before finishing it).
+pub(crate) const SPLIT_ERROR: &str = "its worker stopped before finishing its chunk (crashed or hung past the lease)";
+
+/// A claimed chunk, as its claim stream runs it: each key's events one at a time
+/// in order; a key whose event fails parks its later events behind it.
+#[derive(Default)]
+struct ChunkRun {
+    /// Events neither finished nor parked.
+    open: usize,
+    /// Rows to write when it is settled (failures, events parked behind them), with
+    /// each one's position.
+    rows: Vec<(usize, Failure)>,
+    /// Per key with an event queued or running: its later events, in order.
+    behind: HashMap<String, std::collections::VecDeque<(usize, ChunkItem)>>,
+    /// The events running now, by position.
+    running: HashMap<usize, (EventId, Option<String>)>,
+    /// At a stop: the events queued and not started.
+    unstarted: Vec<(usize, EventId, Option<String>)>,
+}
+
+impl ChunkRun {
+    /// Takes in a claimed chunk: its id and the events ready to run (each key's
+    /// first, unless a live row of the key holds it back: then parked behind it).
+    fn claimed(c: ClaimedChunk) -> (Self, (i64, Vec<Work>)) {
+        let mut run = ChunkRun::default();
+        let mut ready = Vec::new();
+        for (at, item) in c.items.into_iter().enumerate() {
+            match item.key.clone() {
+                Some(k) if item.held => run.rows.push((at, waiting(item.event_id, &k, "an earlier event"))),
+                Some(k) => match run.behind.get_mut(&k) {
+                    Some(later) => {
+                        later.push_back((at, item));
+                        run.open += 1;
+                    }
+                    None => {
+                        run.behind.insert(k, Default::default());
+                        ready.push(Work::Part(c.id, at, item));
+                        run.open += 1;
+                    }
+                },
+                None => {
+                    ready.push(Work::Part(c.id, at, item));
+                    run.open += 1;
+                }
+            }
+        }
+        (run, (c.id, ready))
+    }
+
+    /// An event at `at` finished with `failure` (if any): lets its key's next event
+    /// go (it succeeded or died), or parks the key's later events behind it (it will
+    /// be retried). Whether the chunk is done.
+    fn landed(
+        &mut self,
+        chunk: i64,
+        at: usize,
+        key: Option<String>,
+        failure: Option<Failure>,
+        queue: &mut std::collections::VecDeque<Work>,
+    ) -> bool {
+        self.running.remove(&at);
+        self.open = self.open.saturating_sub(1);
+        let retried = failure.as_ref().is_some_and(|f| !f.dead);
+        let head = failure.as_ref().map(|f| f.event_id);
+        if let Some(f) = failure {
+            self.rows.push((at, f));
+        }
+        if let Some(k) = key {
+            if retried {
+                let head = head.map_or_else(|| "an earlier event".to_owned(), |id| format!("event {id}"));
+                for (later, item) in self.behind.remove(&k).unwrap_or_default() {
+                    self.rows.push((later, waiting(item.event_id, &k, &head)));
+                    self.open = self.open.saturating_sub(1);
+                }
+            } else if let Some(later) = self.behind.get_mut(&k) {
+                match later.pop_front() {
+                    Some((next, item)) => queue.push_front(Work::Part(chunk, next, item)),
+                    None => {
+                        self.behind.remove(&k);
+                    }
+                }
+            }
+        }
+        self.open == 0
+    }
+
+    /// The rows it leaves, in commit order.
+    fn rows(mut self, chunk: i64) -> Vec<ChunkRow> {
+        self.rows.sort_by_key(|(at, _)| *at);
+        self.rows.into_iter().map(|(_, row)| ChunkRow { chunk, row, leased: false }).collect()
+    }
+
+    /// At a stop: the rows it leaves, with every event not started free for any
+    /// worker and every running one held by this worker.
+    fn stopped(mut self, chunk: i64) -> Vec<ChunkRow> {
+        let mut out: Vec<(usize, ChunkRow)> = Vec::new();
+        let free = |at: usize, id: EventId, key: Option<String>| {
+            (at, ChunkRow { chunk, row: unstarted(id, key), leased: false })
+        };
+        for (at, id, key) in std::mem::take(&mut self.unstarted) {
+            out.push(free(at, id, key));
+        }
+        for (_, later) in std::mem::take(&mut self.behind) {
+            out.extend(later.into_iter().map(|(at, item)| free(at, item.event_id, item.key)));
+        }
+        for (at, (id, key)) in std::mem::take(&mut self.running) {
+            out.push((at, ChunkRow { chunk, row: unstarted(id, key), leased: true }));
+        }
+        out.extend(self.rows.into_iter().map(|(at, row)| (at, ChunkRow { chunk, row, leased: false })));
+        out.sort_by_key(|(at, _)| *at);
+        out.into_iter().map(|(_, row)| row).collect()
+    }
+}
 
 /// Under [`Dispatcher::run`], what a claim stream follows: commits (and, through the
 /// listener, other processes' copied rows), this process's copied rows, and stop.
@@ -2078,6 +2558,16 @@ struct ClaimLive {
     commits: tokio::sync::watch::Receiver<u64>,
     queued: tokio::sync::watch::Receiver<u64>,
     stop: tokio::sync::watch::Receiver<bool>,
+}
+
+/// The next change of a pump's `pumping` flag; never once it is gone.
+async fn pumping_changed(rx: Option<&mut tokio::sync::watch::Receiver<bool>>) {
+    if let Some(rx) = rx
+        && rx.changed().await.is_ok()
+    {
+        return;
+    }
+    std::future::pending().await
 }
 
 /// Sleeps until `at`; never without it.

@@ -4,7 +4,9 @@
 use chrono::{DateTime, Utc};
 
 use super::{Pool, Store, postgres, sqlite};
-use crate::dispatch::{BlockedKey, Claimed, DeadLetter, Failure, Mark, Relet, Taking, View};
+use crate::dispatch::{
+    BlockedKey, Chunk, ChunkClaim, ChunkRow, Claimed, DeadLetter, Failure, Mark, Relet, Taking, View,
+};
 use crate::error::Result;
 use crate::inbox::InboxDef;
 use crate::model::EventId;
@@ -191,9 +193,58 @@ impl Store {
         to: &Mark,
         renew: Option<std::time::Duration>,
         failures: &[Failure],
+        chunks: &[Chunk],
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        on_backend!(self, advance(name, me, epoch, to, renew, failures, now))
+        on_backend!(self, advance(name, me, epoch, to, renew, failures, chunks, now))
+    }
+
+    /// Deletes the chunks `done` that `me` finished (leaving no row), splits chunks
+    /// whose worker died (lease past `now`) into delivery rows, each counted one
+    /// expiry, and claims up to `limit` chunks of `inbox` for `me` until `until`, each
+    /// its partition's oldest; tells whether delivery rows of the inbox are claimable.
+    /// `read`: with the events (else left to the caller, whose pump kept them).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn claim_chunks(
+        &self,
+        me: &str,
+        inbox: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: usize,
+        done: &[i64],
+        read: bool,
+    ) -> Result<ChunkClaim> {
+        on_backend!(self, claim_chunks(me, inbox, now, until, limit, done, read))
+    }
+
+    /// Events by id, each decoded alone (an unreadable one is its delivery's problem);
+    /// missing ones are left out.
+    pub(crate) async fn events_by_id(
+        &self,
+        ids: &[i64],
+    ) -> Result<std::collections::HashMap<i64, Result<crate::model::Event>>> {
+        on_backend!(self, events_by_id(ids))
+    }
+
+    /// Extends the leases of chunks `me` claimed and still runs.
+    pub(crate) async fn renew_chunks(&self, me: &str, ids: &[i64], until: DateTime<Utc>) -> Result<()> {
+        on_backend!(self, renew_chunks(me, ids, until))
+    }
+
+    /// Deletes chunks `me` holds and writes the delivery rows they leave, in order,
+    /// atomically (a chunk no longer held leaves nothing). Returns the row ids of the
+    /// `leased` rows (claimed by `me` until `until`), by event.
+    pub(crate) async fn settle_chunks(
+        &self,
+        me: &str,
+        inbox: &str,
+        chunks: &[i64],
+        rows: &[ChunkRow],
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Vec<(EventId, i64)>> {
+        on_backend!(self, settle_chunks(me, inbox, chunks, rows, now, until))
     }
 
     pub(crate) async fn claim_retries(

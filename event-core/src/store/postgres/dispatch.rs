@@ -19,7 +19,10 @@ use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row};
 
 use super::{EVENT_COLUMNS, decode};
-use crate::dispatch::{BlockedKey, Claimed, DeadLetter, Failure, LeaseRow, Mark, Position, Relet, Scan, Taking, View};
+use crate::dispatch::{
+    BlockedKey, Chunk, ChunkClaim, ChunkItem, ChunkRow, Claimed, ClaimedChunk, DeadLetter, Failure, LeaseRow, Mark,
+    Position, Relet, Scan, Taking, View,
+};
 use crate::error::{Error, Result};
 use crate::inbox::InboxDef;
 use crate::model::EventId;
@@ -64,6 +67,11 @@ pub(crate) async fn rename_inbox(pool: &PgPool, from: &str, to: &str, now: DateT
     .await?;
     if moved.rows_affected() == 1 {
         sqlx::query("UPDATE herald_deliveries SET inbox = $2 WHERE inbox = $1")
+            .bind(from)
+            .bind(to)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE herald_chunks SET inbox = $2 WHERE inbox = $1")
             .bind(from)
             .bind(to)
             .execute(&mut *tx)
@@ -490,6 +498,7 @@ pub(crate) async fn advance(
     to: &Mark,
     renew: Option<std::time::Duration>,
     failures: &[Failure],
+    chunks: &[Chunk],
     now: DateTime<Utc>,
 ) -> Result<bool> {
     // Only the holder of the current epoch moves the checkpoint: a worker that lost
@@ -509,7 +518,7 @@ pub(crate) async fn advance(
             .bind(to.to.as_deref().map(str::to_owned))
             .bind(epoch)
     };
-    if failures.is_empty() {
+    if failures.is_empty() && chunks.is_empty() {
         // One statement, one round trip: nothing else to keep atomic with it.
         let moved = bind_move(sqlx::query(MOVE)).execute(pool).await?;
         return Ok(moved.rows_affected() == 1);
@@ -520,15 +529,31 @@ pub(crate) async fn advance(
     let errors: Vec<&str> = failures.iter().map(|f| f.error.as_str()).collect();
     let dead: Vec<bool> = failures.iter().map(|f| f.dead).collect();
     let keys: Vec<Option<&str>> = failures.iter().map(|f| f.key.as_deref()).collect();
-    // Still one statement (one round trip, one commit): the rows are written only if
-    // the checkpoint moved, in the order given (commit order: the rows of one key are
-    // claimed oldest first).
+    // Chunks flattened: each event with its chunk's number and partition.
+    let mut chunk_of: Vec<i32> = Vec::new();
+    let mut part_of: Vec<Option<i32>> = Vec::new();
+    let (mut copied, mut copied_keys): (Vec<i64>, Vec<Option<&str>>) = (Vec::new(), Vec::new());
+    for (n, c) in chunks.iter().enumerate() {
+        for (e, k) in c.events.iter().zip(&c.keys) {
+            chunk_of.push(n as i32);
+            part_of.push(c.part);
+            copied.push(*e);
+            copied_keys.push(k.as_deref());
+        }
+    }
+    // Still one statement (one round trip, one commit): the rows and chunks are
+    // written only if the checkpoint moved, in the order given (commit order: the
+    // rows of one key, and the chunks of one partition, are claimed oldest first).
     let sql = format!(
         "WITH moved AS ({MOVE} RETURNING 1), \
          parked AS (INSERT INTO herald_deliveries (inbox, event_id, attempts, next_at, last_error, dead, key, \
          created_at, updated_at) SELECT $6, e, a, n, m, d, k, $5, $5 FROM UNNEST($11::int8[], $12::int4[], \
          $13::timestamptz[], $14::text[], $15::bool[], $16::text[]) WITH ORDINALITY AS t(e, a, n, m, d, k, o) \
-         WHERE EXISTS (SELECT 1 FROM moved) ORDER BY o ON CONFLICT (inbox, event_id) DO NOTHING) \
+         WHERE EXISTS (SELECT 1 FROM moved) ORDER BY o ON CONFLICT (inbox, event_id) DO NOTHING), \
+         chunked AS (INSERT INTO herald_chunks (inbox, part, events, keys, created_at) \
+         SELECT $6, p, array_agg(e ORDER BY o), array_agg(k ORDER BY o), $5 FROM UNNEST($17::int4[], $18::int4[], \
+         $19::int8[], $20::text[]) WITH ORDINALITY AS t(c, p, e, k, o) WHERE EXISTS (SELECT 1 FROM moved) \
+         GROUP BY c, p ORDER BY c) \
          SELECT count(*) FROM moved"
     );
     let moved: i64 = bind_move(sqlx::query(sqlx::AssertSqlSafe(sql)))
@@ -538,6 +563,10 @@ pub(crate) async fn advance(
         .bind(errors)
         .bind(dead)
         .bind(keys)
+        .bind(chunk_of)
+        .bind(part_of)
+        .bind(copied)
+        .bind(copied_keys)
         .try_map(|row: sqlx::postgres::PgRow| row.try_get::<i64, _>(0))
         .fetch_one(pool)
         .await?;
@@ -567,7 +596,7 @@ pub(crate) async fn claim_retries(
           AND NOT n.dead AND n.id > d.id)) AS has_next) \
          SELECT c.delivery, c.event_id, c.attempts, c.expiries, c.delivery_key, c.has_next, {} \
          FROM c LEFT JOIN herald_events e ON e.id = c.event_id",
-        EVENT_COLUMNS.split(", ").map(|col| format!("e.{col}")).collect::<Vec<_>>().join(", ")
+        joined_event_columns()
     )))
     .bind(me)
     .bind(until)
@@ -579,14 +608,7 @@ pub(crate) async fn claim_retries(
     rows.iter()
         .map(|r| {
             let event_id: i64 = r.try_get("event_id")?;
-            // Each row decoded alone: an unreadable event is that delivery's problem only.
-            let event = match r.try_get::<Option<i64>, _>("id")? {
-                Some(_) => decode(r).map_err(|e| match e {
-                    e @ Error::Corrupt { .. } => e,
-                    other => Error::Corrupt { id: event_id, reason: other.to_string() },
-                }),
-                None => Err(Error::Corrupt { id: event_id, reason: "delivery of a missing event".into() }),
-            };
+            let event = joined_event(r, event_id)?;
             Ok(Claimed {
                 id: r.try_get("delivery")?,
                 event_id: EventId(event_id),
@@ -598,6 +620,186 @@ pub(crate) async fn claim_retries(
             })
         })
         .collect()
+}
+
+/// The event columns of `herald_events e`, for a join.
+fn joined_event_columns() -> String {
+    EVENT_COLUMNS.split(", ").map(|col| format!("e.{col}")).collect::<Vec<_>>().join(", ")
+}
+
+/// A claimed row's event (left-joined): decoded alone, so an unreadable event is
+/// that delivery's problem only.
+fn joined_event(r: &PgRow, event_id: i64) -> Result<Result<crate::model::Event>> {
+    Ok(match r.try_get::<Option<i64>, _>("id")? {
+        Some(_) => decode(r).map_err(|e| match e {
+            e @ Error::Corrupt { .. } => e,
+            other => Error::Corrupt { id: event_id, reason: other.to_string() },
+        }),
+        None => Err(Error::Corrupt { id: event_id, reason: "delivery of a missing event".into() }),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn claim_chunks(
+    pool: &PgPool,
+    me: &str,
+    inbox: &str,
+    now: DateTime<Utc>,
+    until: DateTime<Utc>,
+    limit: usize,
+    done: &[i64],
+    read: bool,
+) -> Result<ChunkClaim> {
+    // One statement: the chunks this worker finished deleted, the split of dead
+    // workers' chunks, the claim, the events with whether a live row of their key
+    // holds them back, and whether rows are claimable. What the statement deletes or
+    // inserts is not seen by the rest of it: the next chunk of a partition whose
+    // chunk it deletes or splits is claimed next time (behind the split's rows).
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "WITH done AS (DELETE FROM herald_chunks WHERE id = ANY($7) AND lease_owner = $1), \
+         split AS (DELETE FROM herald_chunks WHERE id IN (SELECT id FROM herald_chunks WHERE inbox = $5 \
+           AND lease_until < $3 AND id <> ALL($7) FOR UPDATE SKIP LOCKED) RETURNING id, events, keys), \
+         respread AS (INSERT INTO herald_deliveries (inbox, event_id, attempts, expiries, next_at, last_error, dead, \
+           key, created_at, updated_at) SELECT $5, t.e, 0, 1, $3, $6, FALSE, t.k, $3, $3 \
+           FROM split s CROSS JOIN LATERAL UNNEST(s.events, s.keys) WITH ORDINALITY AS t(e, k, o) \
+           ORDER BY s.id, t.o ON CONFLICT (inbox, event_id) DO NOTHING), \
+         c AS (UPDATE herald_chunks k SET lease_owner = $1, lease_until = $2 \
+           FROM (SELECT id FROM herald_chunks r WHERE inbox = $5 AND lease_owner IS NULL \
+                 AND (part IS NULL OR NOT EXISTS (SELECT 1 FROM herald_chunks h WHERE h.inbox = r.inbox \
+                      AND h.part = r.part AND h.id < r.id)) \
+                 ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED) s \
+           WHERE k.id = s.id RETURNING k.id, k.events, k.keys) \
+         SELECT (SELECT count(*) FROM split) AS split, EXISTS (SELECT 1 FROM herald_deliveries r WHERE r.inbox = $5 \
+           AND NOT r.dead AND r.next_at <= $3 AND (r.lease_until IS NULL OR r.lease_until < $3) \
+           AND (r.key IS NULL OR NOT EXISTS (SELECT 1 FROM herald_deliveries h WHERE h.inbox = r.inbox \
+                AND h.key = r.key AND NOT h.dead AND h.id < r.id))) AS rows_due, \
+         x.* FROM (SELECT 1) AS one LEFT JOIN ( \
+           SELECT c.id AS chunk, t.o AS ord, t.e AS event_id, t.k AS event_key, \
+           (t.k IS NOT NULL AND EXISTS (SELECT 1 FROM herald_deliveries d WHERE d.inbox = $5 AND d.key = t.k \
+            AND NOT d.dead)) AS held, {} \
+           FROM c CROSS JOIN LATERAL UNNEST(c.events, c.keys) WITH ORDINALITY AS t(e, k, o) \
+           LEFT JOIN herald_events e ON $8 AND e.id = t.e) AS x ON TRUE ORDER BY x.chunk, x.ord",
+        joined_event_columns()
+    )))
+    .bind(me)
+    .bind(until)
+    .bind(now)
+    .bind(limit as i64)
+    .bind(inbox)
+    .bind(crate::dispatch::SPLIT_ERROR)
+    .bind(done)
+    .bind(read)
+    .fetch_all(pool)
+    .await?;
+    let mut out: Vec<ClaimedChunk> = Vec::new();
+    let (mut split, mut rows_due) = (false, false);
+    for r in &rows {
+        split |= r.try_get::<i64, _>("split")? > 0;
+        rows_due |= r.try_get::<bool, _>("rows_due")?;
+        // The one row of a claim that took nothing.
+        let Some(id) = r.try_get::<Option<i64>, _>("chunk")? else { continue };
+        let event_id: i64 = r.try_get("event_id")?;
+        let item = ChunkItem {
+            event_id: EventId(event_id),
+            event: if read { Some(joined_event(r, event_id)?) } else { None },
+            key: r.try_get("event_key")?,
+            held: r.try_get("held")?,
+        };
+        match out.last_mut() {
+            Some(c) if c.id == id => c.items.push(item),
+            _ => out.push(ClaimedChunk { id, items: vec![item] }),
+        }
+    }
+    Ok(ChunkClaim { chunks: out, split, rows_due })
+}
+
+pub(crate) async fn events_by_id(
+    pool: &PgPool,
+    ids: &[i64],
+) -> Result<std::collections::HashMap<i64, Result<crate::model::Event>>> {
+    let sql = format!("SELECT {EVENT_COLUMNS} FROM herald_events WHERE id = ANY($1)");
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(ids).fetch_all(pool).await?;
+    let mut out = std::collections::HashMap::new();
+    for r in &rows {
+        let id: i64 = r.try_get("id")?;
+        out.insert(id, joined_event(r, id)?);
+    }
+    Ok(out)
+}
+
+pub(crate) async fn renew_chunks(pool: &PgPool, me: &str, ids: &[i64], until: DateTime<Utc>) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("UPDATE herald_chunks SET lease_until = $1 WHERE id = ANY($2) AND lease_owner = $3")
+        .bind(until)
+        .bind(ids)
+        .bind(me)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+pub(crate) async fn settle_chunks(
+    pool: &PgPool,
+    me: &str,
+    inbox: &str,
+    chunks: &[i64],
+    rows: &[ChunkRow],
+    now: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> Result<Vec<(EventId, i64)>> {
+    if chunks.is_empty() {
+        return Ok(Vec::new());
+    }
+    if rows.is_empty() {
+        sqlx::query("DELETE FROM herald_chunks WHERE id = ANY($1) AND lease_owner = $2")
+            .bind(chunks)
+            .bind(me)
+            .execute(pool)
+            .await?;
+        return Ok(Vec::new());
+    }
+    let of = |f: fn(&ChunkRow) -> i64| rows.iter().map(f).collect::<Vec<i64>>();
+    let attempts: Vec<i32> = rows.iter().map(|r| r.row.attempts as i32).collect();
+    let next: Vec<DateTime<Utc>> = rows.iter().map(|r| r.row.next_at).collect();
+    let errors: Vec<&str> = rows.iter().map(|r| r.row.error.as_str()).collect();
+    let dead: Vec<bool> = rows.iter().map(|r| r.row.dead).collect();
+    let keys: Vec<Option<&str>> = rows.iter().map(|r| r.row.key.as_deref()).collect();
+    let leased: Vec<bool> = rows.iter().map(|r| r.leased).collect();
+    // One statement: a chunk's rows are written only if this worker still held it.
+    let written = sqlx::query(
+        "WITH gone AS (DELETE FROM herald_chunks WHERE id = ANY($1) AND lease_owner = $2 RETURNING id) \
+         INSERT INTO herald_deliveries (inbox, event_id, attempts, next_at, last_error, dead, key, lease_owner, \
+         lease_until, created_at, updated_at) \
+         SELECT $3, e, a, CASE WHEN l THEN $5 ELSE n END, m, d, k, CASE WHEN l THEN $2 END, CASE WHEN l THEN $5 END, \
+         $4, $4 FROM UNNEST($6::int8[], $7::int8[], $8::int4[], $9::timestamptz[], $10::text[], $11::bool[], \
+         $12::text[], $13::bool[]) WITH ORDINALITY AS t(c, e, a, n, m, d, k, l, o) \
+         WHERE c IN (SELECT id FROM gone) ORDER BY o ON CONFLICT (inbox, event_id) DO NOTHING \
+         RETURNING id, event_id, lease_owner IS NOT NULL AS leased",
+    )
+    .bind(chunks)
+    .bind(me)
+    .bind(inbox)
+    .bind(now)
+    .bind(until)
+    .bind(of(|r| r.chunk))
+    .bind(of(|r| r.row.event_id.0))
+    .bind(attempts)
+    .bind(next)
+    .bind(errors)
+    .bind(dead)
+    .bind(keys)
+    .bind(leased)
+    .fetch_all(pool)
+    .await?;
+    let mut out = Vec::new();
+    for r in &written {
+        if r.try_get::<bool, _>("leased")? {
+            out.push((EventId(r.try_get("event_id")?), r.try_get("id")?));
+        }
+    }
+    Ok(out)
 }
 
 pub(crate) async fn blocked_among(pool: &PgPool, inbox: &str, keys: &[&str]) -> Result<(bool, Vec<String>)> {
@@ -669,9 +871,10 @@ pub(crate) async fn unblock_key(
 
 pub(crate) async fn queued(pool: &PgPool, inbox: &str, cap: usize) -> Result<usize> {
     let n: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM (SELECT 1 FROM herald_deliveries d WHERE d.inbox = $1 AND NOT d.dead \
+        "SELECT (SELECT count(*) FROM (SELECT 1 FROM herald_deliveries d WHERE d.inbox = $1 AND NOT d.dead \
          AND d.attempts = 0 AND (d.key IS NULL OR NOT EXISTS (SELECT 1 FROM herald_deliveries h \
-         WHERE h.inbox = d.inbox AND h.key = d.key AND NOT h.dead AND h.attempts > 0 AND h.id < d.id)) LIMIT $2) t",
+         WHERE h.inbox = d.inbox AND h.key = d.key AND NOT h.dead AND h.attempts > 0 AND h.id < d.id)) LIMIT $2) t) \
+         + (SELECT COALESCE(sum(cardinality(events)), 0)::int8 FROM herald_chunks WHERE inbox = $1)",
     )
     .bind(inbox)
     .bind(cap as i64)
@@ -758,6 +961,10 @@ pub(crate) async fn release(pool: &PgPool, me: &str, now: DateTime<Utc>) -> Resu
     .bind(now)
     .execute(&mut *tx)
     .await?;
+    sqlx::query("UPDATE herald_chunks SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1")
+        .bind(me)
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     Ok(())
 }
@@ -811,8 +1018,10 @@ pub(crate) async fn inbox_rows(pool: &PgPool) -> Result<Vec<(String, Mark, i64, 
         "SELECT COALESCE(i.name, d.inbox) AS name, COALESCE(i.checkpoint_tx, 0) AS checkpoint_tx, \
          COALESCE(i.checkpoint_id, 0) AS checkpoint_id, COALESCE(i.snap_from, '1:1:') AS snap_from, i.snap_to, \
          COALESCE(d.retrying, 0) AS retrying, COALESCE(d.dead, 0) AS dead \
-         FROM herald_inboxes i FULL JOIN (SELECT inbox, COUNT(*) FILTER (WHERE NOT dead) AS retrying, \
-         COUNT(*) FILTER (WHERE dead) AS dead FROM herald_deliveries GROUP BY inbox) d ON d.inbox = i.name ORDER BY 1",
+         FROM herald_inboxes i FULL JOIN (SELECT inbox, sum(retrying)::int8 AS retrying, sum(dead)::int8 AS dead \
+         FROM (SELECT inbox, COUNT(*) FILTER (WHERE NOT dead) AS retrying, COUNT(*) FILTER (WHERE dead) AS dead \
+         FROM herald_deliveries GROUP BY inbox UNION ALL SELECT inbox, sum(cardinality(events)), 0 \
+         FROM herald_chunks GROUP BY inbox) u GROUP BY inbox) d ON d.inbox = i.name ORDER BY 1",
     )
     .fetch_all(pool)
     .await?;

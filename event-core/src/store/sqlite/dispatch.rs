@@ -9,7 +9,10 @@ use sqlx::sqlite::SqlitePool;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{EVENT_COLUMNS, decode, decode_time, encode_time};
-use crate::dispatch::{BlockedKey, Claimed, DeadLetter, Failure, LeaseRow, Mark, Position, Relet, Scan, Taking, View};
+use crate::dispatch::{
+    BlockedKey, Chunk, ChunkClaim, ChunkItem, ChunkRow, Claimed, ClaimedChunk, DeadLetter, Failure, LeaseRow, Mark,
+    Position, Relet, Scan, Taking, View,
+};
 use crate::error::{Error, Result};
 use crate::inbox::InboxDef;
 use crate::model::EventId;
@@ -30,6 +33,11 @@ pub(crate) async fn rename_inbox(pool: &SqlitePool, from: &str, to: &str, now: D
     .await?;
     if moved.rows_affected() == 1 {
         sqlx::query("UPDATE herald_deliveries SET inbox = ?2 WHERE inbox = ?1")
+            .bind(from)
+            .bind(to)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE herald_chunks SET inbox = ?2 WHERE inbox = ?1")
             .bind(from)
             .bind(to)
             .execute(&mut *tx)
@@ -220,7 +228,7 @@ pub(crate) async fn relet_and_read(
         return Ok(Relet::Leased(batch, epoch));
     }
     let passed = passed.unwrap_or(from);
-    let moved = advance(pool, def.name, me, epoch, passed, None, &[], now).await?;
+    let moved = advance(pool, def.name, me, epoch, passed, None, &[], &[], now).await?;
     Ok(if moved { Relet::Advanced } else { Relet::Changed })
 }
 
@@ -284,6 +292,7 @@ pub(crate) async fn advance(
     to: &Mark,
     renew: Option<std::time::Duration>,
     failures: &[Failure],
+    chunks: &[Chunk],
     now: DateTime<Utc>,
 ) -> Result<bool> {
     const MOVE: &str = "UPDATE herald_inboxes SET checkpoint_tx = ?, checkpoint_id = ?, lease_owner = ?, \
@@ -301,7 +310,7 @@ pub(crate) async fn advance(
             .bind(me)
             .bind(epoch)
     };
-    if failures.is_empty() {
+    if failures.is_empty() && chunks.is_empty() {
         // One statement: nothing else to keep atomic with it.
         return Ok(moving().execute(pool).await?.rows_affected() == 1);
     }
@@ -328,8 +337,240 @@ pub(crate) async fn advance(
         .execute(&mut *tx)
         .await?;
     }
+    for c in chunks {
+        sqlx::query("INSERT INTO herald_chunks (inbox, part, events, keys, created_at) VALUES (?, ?, ?, ?, ?)")
+            .bind(name)
+            .bind(c.part)
+            .bind(id_list(&c.events))
+            .bind(json_text(&c.keys)?)
+            .bind(encode_time(now))
+            .execute(&mut *tx)
+            .await?;
+    }
     tx.commit().await?;
     Ok(true)
+}
+
+/// A value as JSON text (a chunk's keys).
+fn json_text<T: serde::Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| Error::InvalidConfig(format!("cannot encode a chunk: {e}")))
+}
+
+/// A chunk's stored events and keys.
+fn chunk_events(r: &sqlx::sqlite::SqliteRow) -> Result<(i64, Vec<i64>, Vec<Option<String>>)> {
+    let id: i64 = r.try_get("id")?;
+    let corrupt = |e: serde_json::Error| Error::Corrupt { id, reason: format!("chunk {id} cannot be read: {e}") };
+    let events: Vec<i64> = serde_json::from_str(&r.try_get::<String, _>("events")?).map_err(corrupt)?;
+    let keys: Vec<Option<String>> = serde_json::from_str(&r.try_get::<String, _>("keys")?).map_err(corrupt)?;
+    Ok((id, events, keys))
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn claim_chunks(
+    pool: &SqlitePool,
+    me: &str,
+    inbox: &str,
+    now: DateTime<Utc>,
+    until: DateTime<Utc>,
+    limit: usize,
+    done: &[i64],
+    read: bool,
+) -> Result<ChunkClaim> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    if !done.is_empty() {
+        sqlx::query("DELETE FROM herald_chunks WHERE lease_owner = ?1 AND id IN (SELECT value FROM json_each(?2))")
+            .bind(me)
+            .bind(id_list(done))
+            .execute(&mut *tx)
+            .await?;
+    }
+    // Chunks whose worker died: split into delivery rows, each counted one expiry.
+    let split = sqlx::query(
+        "DELETE FROM herald_chunks WHERE inbox = ?1 AND lease_until IS NOT NULL AND lease_until < ?2 \
+         RETURNING id, events, keys",
+    )
+    .bind(inbox)
+    .bind(encode_time(now))
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut split = split.iter().map(chunk_events).collect::<Result<Vec<_>>>()?;
+    split.sort_by_key(|c| c.0);
+    for (_, events, keys) in &split {
+        for (e, k) in events.iter().zip(keys) {
+            sqlx::query(
+                "INSERT INTO herald_deliveries (inbox, event_id, attempts, expiries, next_at, last_error, dead, \
+                 created_at, updated_at, key) VALUES (?1, ?2, 0, 1, ?3, ?4, 0, ?3, ?3, ?5) \
+                 ON CONFLICT (inbox, event_id) DO NOTHING",
+            )
+            .bind(inbox)
+            .bind(e)
+            .bind(encode_time(now))
+            .bind(crate::dispatch::SPLIT_ERROR)
+            .bind(k.as_deref())
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    let claimed = sqlx::query(
+        "UPDATE herald_chunks SET lease_owner = ?1, lease_until = ?2 WHERE id IN (SELECT id FROM herald_chunks r \
+         WHERE inbox = ?3 AND lease_owner IS NULL AND (part IS NULL OR NOT EXISTS (SELECT 1 FROM herald_chunks h \
+         WHERE h.inbox = r.inbox AND h.part = r.part AND h.id < r.id)) ORDER BY id LIMIT ?4) \
+         RETURNING id, events, keys",
+    )
+    .bind(me)
+    .bind(encode_time(until))
+    .bind(inbox)
+    .bind(limit as i64)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut claimed = claimed.iter().map(chunk_events).collect::<Result<Vec<_>>>()?;
+    claimed.sort_by_key(|c| c.0);
+    let keys: Vec<&str> = claimed.iter().flat_map(|c| c.2.iter().flatten().map(String::as_str)).collect();
+    let held: std::collections::HashSet<String> = if keys.is_empty() {
+        Default::default()
+    } else {
+        sqlx::query_scalar(
+            "SELECT DISTINCT key FROM herald_deliveries WHERE inbox = ?1 AND dead = 0 \
+             AND key IN (SELECT value FROM json_each(?2))",
+        )
+        .bind(inbox)
+        .bind(json_text(&keys)?)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect()
+    };
+    let ids: Vec<i64> = if read { claimed.iter().flat_map(|c| c.1.iter().copied()).collect() } else { Vec::new() };
+    let mut events = read_events(&mut tx, &ids).await?;
+    let rows_due: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM herald_deliveries r WHERE r.inbox = ?1 AND r.dead = 0 AND r.next_at <= ?2 \
+         AND (r.lease_until IS NULL OR r.lease_until < ?2) AND (r.key IS NULL OR NOT EXISTS (SELECT 1 \
+         FROM herald_deliveries h WHERE h.inbox = r.inbox AND h.key = r.key AND h.dead = 0 AND h.id < r.id)))",
+    )
+    .bind(inbox)
+    .bind(encode_time(now))
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let claimed = claimed
+        .into_iter()
+        .map(|(id, ids, keys)| ClaimedChunk {
+            id,
+            items: ids
+                .into_iter()
+                .zip(keys)
+                .map(|(e, key)| ChunkItem {
+                    event_id: EventId(e),
+                    event: read.then(|| {
+                        events.remove(&e).unwrap_or_else(|| {
+                            Err(Error::Corrupt { id: e, reason: "delivery of a missing event".into() })
+                        })
+                    }),
+                    held: key.as_ref().is_some_and(|k| held.contains(k)),
+                    key,
+                })
+                .collect(),
+        })
+        .collect();
+    Ok(ChunkClaim { chunks: claimed, split: !split.is_empty(), rows_due })
+}
+
+/// Events by id, each decoded alone (an unreadable one is its delivery's problem).
+async fn read_events(
+    conn: &mut sqlx::SqliteConnection,
+    ids: &[i64],
+) -> Result<std::collections::HashMap<i64, Result<crate::model::Event>>> {
+    let mut out = std::collections::HashMap::new();
+    if ids.is_empty() {
+        return Ok(out);
+    }
+    let sql = format!("SELECT {EVENT_COLUMNS} FROM herald_events WHERE id IN (SELECT value FROM json_each(?))");
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id_list(ids)).fetch_all(&mut *conn).await?;
+    for r in &rows {
+        let id: i64 = r.try_get("id")?;
+        let event = decode(r).map_err(|e| match e {
+            e @ Error::Corrupt { .. } => e,
+            other => Error::Corrupt { id, reason: other.to_string() },
+        });
+        out.insert(id, event);
+    }
+    Ok(out)
+}
+
+pub(crate) async fn events_by_id(
+    pool: &SqlitePool,
+    ids: &[i64],
+) -> Result<std::collections::HashMap<i64, Result<crate::model::Event>>> {
+    let mut conn = pool.acquire().await?;
+    read_events(&mut conn, ids).await
+}
+
+pub(crate) async fn renew_chunks(pool: &SqlitePool, me: &str, ids: &[i64], until: DateTime<Utc>) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE herald_chunks SET lease_until = ?1 WHERE lease_owner = ?2 AND id IN (SELECT value FROM json_each(?3))",
+    )
+    .bind(encode_time(until))
+    .bind(me)
+    .bind(id_list(ids))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn settle_chunks(
+    pool: &SqlitePool,
+    me: &str,
+    inbox: &str,
+    chunks: &[i64],
+    rows: &[ChunkRow],
+    now: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> Result<Vec<(EventId, i64)>> {
+    if chunks.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let gone: std::collections::HashSet<i64> = sqlx::query_scalar(
+        "DELETE FROM herald_chunks WHERE lease_owner = ?1 AND id IN (SELECT value FROM json_each(?2)) RETURNING id",
+    )
+    .bind(me)
+    .bind(id_list(chunks))
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .collect();
+    let mut out = Vec::new();
+    // A chunk no longer held (split after its lease ran out) leaves nothing.
+    for r in rows.iter().filter(|r| gone.contains(&r.chunk)) {
+        let f = &r.row;
+        let next = if r.leased { until } else { f.next_at };
+        let id: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO herald_deliveries (inbox, event_id, attempts, next_at, last_error, dead, key, lease_owner, \
+             lease_until, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (inbox, event_id) DO NOTHING RETURNING id",
+        )
+        .bind(inbox)
+        .bind(f.event_id.0)
+        .bind(i64::from(f.attempts))
+        .bind(encode_time(next))
+        .bind(&f.error)
+        .bind(f.dead)
+        .bind(f.key.as_deref())
+        .bind(r.leased.then_some(me))
+        .bind(r.leased.then(|| encode_time(until)))
+        .bind(encode_time(now))
+        .bind(encode_time(now))
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let (true, Some(id)) = (r.leased, id) {
+            out.push((f.event_id, id));
+        }
+    }
+    tx.commit().await?;
+    Ok(out)
 }
 
 pub(crate) async fn claim_retries(
@@ -468,9 +709,10 @@ fn id_list(ids: &[i64]) -> String {
 
 pub(crate) async fn queued(pool: &SqlitePool, inbox: &str, cap: usize) -> Result<usize> {
     let n: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM (SELECT 1 FROM herald_deliveries d WHERE d.inbox = ?1 AND d.dead = 0 \
+        "SELECT (SELECT count(*) FROM (SELECT 1 FROM herald_deliveries d WHERE d.inbox = ?1 AND d.dead = 0 \
          AND d.attempts = 0 AND (d.key IS NULL OR NOT EXISTS (SELECT 1 FROM herald_deliveries h \
-         WHERE h.inbox = d.inbox AND h.key = d.key AND h.dead = 0 AND h.attempts > 0 AND h.id < d.id)) LIMIT ?2)",
+         WHERE h.inbox = d.inbox AND h.key = d.key AND h.dead = 0 AND h.attempts > 0 AND h.id < d.id)) LIMIT ?2)) \
+         + (SELECT COALESCE(SUM(json_array_length(events)), 0) FROM herald_chunks WHERE inbox = ?1)",
     )
     .bind(inbox)
     .bind(cap as i64)
@@ -558,6 +800,10 @@ pub(crate) async fn release(pool: &SqlitePool, me: &str, now: DateTime<Utc>) -> 
     .bind(me)
     .execute(&mut *tx)
     .await?;
+    sqlx::query("UPDATE herald_chunks SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?")
+        .bind(me)
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     Ok(())
 }
@@ -616,7 +862,9 @@ pub(crate) async fn prune_dead(pool: &SqlitePool, before: DateTime<Utc>) -> Resu
 pub(crate) async fn inbox_rows(pool: &SqlitePool) -> Result<Vec<(String, Mark, i64, i64)>> {
     let rows = sqlx::query(
         "SELECT i.name AS name, i.checkpoint_tx AS tx, i.checkpoint_id AS id, \
-         (SELECT COUNT(*) FROM herald_deliveries d WHERE d.inbox = i.name AND d.dead = 0) AS retrying, \
+         (SELECT COUNT(*) FROM herald_deliveries d WHERE d.inbox = i.name AND d.dead = 0) \
+         + (SELECT COALESCE(SUM(json_array_length(c.events)), 0) FROM herald_chunks c WHERE c.inbox = i.name) \
+         AS retrying, \
          (SELECT COUNT(*) FROM herald_deliveries d WHERE d.inbox = i.name AND d.dead = 1) AS dead \
          FROM herald_inboxes i \
          UNION ALL SELECT DISTINCT d.inbox, 0, 0, \
