@@ -67,27 +67,42 @@
 //! a call) that needs more handlers than one process should run says
 //! `#[inbox(spread = true)]` ([`InboxDef::spread`]):
 //!
-//! - its lease holder becomes a **pump**: it reads batches as before and copies each
-//!   batch's events, set-based, into `herald_deliveries` rows (attempts 0) in the
-//!   transaction that moves its checkpoint, so an event is copied exactly once. It
-//!   stops copying while 1,000 rows (or 4 batches) wait to run and looks again every
-//!   50 ms; rows held back behind a failing event of their key do not count;
+//! - its lease holder becomes a **pump**: it reads batches as before and copies the
+//!   events into **chunks** (`herald_chunks`) in the statement that moves its
+//!   checkpoint, so an event is copied exactly once. A chunk holds up to 64 events of
+//!   one *partition* of keys (a hash of the key, one of 32; keyless inboxes: any
+//!   events), in commit order: one row write per chunk, not per event. Under
+//!   [`run`](Self::run) it stops copying while 1,000 events (or 4 batches) wait to run
+//!   and looks again every 50 ms; under [`drain`](Self::drain) its claims run
+//!   alongside and it copies everything;
 //! - every dispatcher, in every process, runs the inbox's **claim stream** (the same
-//!   one that runs retries): it claims ready rows with `FOR UPDATE SKIP LOCKED`, only
-//!   the oldest live row of each key, so each key still goes one event at a time in
-//!   commit order, claims again as soon as handlers free up (in chunks of at least the
-//!   concurrency), completes what finished in one statement, and renews the leases of
-//!   what it holds. A claimed row's `next_at` is its lease end: claims walk only ready
-//!   rows, and a row whose worker died is due when its lease runs out (its expiries
-//!   counted, as for any crashed delivery). A stopping worker gives back what it
-//!   claimed and did not start;
+//!   one that runs retries): it claims each partition's oldest chunk only (`FOR UPDATE
+//!   SKIP LOCKED`), so a partition's chunks, and with them each key's events, run one
+//!   after another in commit order. Within a chunk, different keys run side by side
+//!   and each key's events one at a time. It claims again as soon as handlers free up
+//!   (at least the concurrency ahead), renews the leases of what it holds, and deletes
+//!   a finished chunk with its next claim. The pump keeps the events it copied, so
+//!   its own process's claims do not read them again;
+//! - a chunk leaves `herald_deliveries` rows only for what did not succeed: a failed
+//!   event (retried with backoff, dead-lettered, listed as a blocked key) and the
+//!   later events of its key in the chunk, parked behind it, written in the statement
+//!   that deletes the chunk. An event whose key has a live row is parked behind it
+//!   too, so a key stays in order across chunks, rows and retries;
+//! - a chunk whose worker died is split, once its lease ran out, into delivery rows,
+//!   each counted one expiry (an event that keeps killing its workers is
+//!   dead-lettered after `max_lease_expiries`, as for any crashed delivery); the next
+//!   chunk of its partition waits behind those rows. A stopping worker turns its
+//!   chunks into rows at once: what did not start, free for any worker; what runs,
+//!   held by it until it finishes;
 //! - failures, backoff, dead letters, blocked keys and timeouts work as for any inbox.
 //!   A key merely waiting its turn is not blocked: [`Store::blocked_keys`] lists heads
 //!   that failed (or whose worker died).
 //!
-//! The cost: three row writes per event (copy, claim, delete) where a streamed inbox
-//! writes none. A copy wakes the claimers of this process at once and other
-//! processes through `NOTIFY`.
+//! The cost: a chunk row written, claimed and deleted per 64 events at most, and each
+//! event read twice where its pump is in another process. A copy wakes the claimers
+//! of this process at once and other processes through `NOTIFY`. At most 32 chunks of
+//! an inbox run at once, so a keyed inbox spreads over at most 32 × 64 events in
+//! flight; one key always runs one event at a time.
 //!
 //! **Commit order, and what may delay an event.** PostgreSQL sequence values are
 //! taken at insert, not at commit: a transaction holding id 10 can commit after one
@@ -443,11 +458,11 @@ fn chunk_part(key: &str) -> i32 {
 /// Groups copied events (in commit order) into chunks: per partition of their key,
 /// in order, at most [`CHUNK_MAX`] each. Chunks are listed by their first event, so
 /// each partition's chunks are written (and numbered) in order.
-pub(crate) fn chunks_of(copies: &[Copied]) -> Vec<Chunk> {
+fn chunks_of<'a>(copies: impl IntoIterator<Item = (EventId, &'a Option<String>)>) -> Vec<Chunk> {
     let mut open: HashMap<Option<i32>, usize> = HashMap::new();
     let mut out: Vec<Chunk> = Vec::new();
-    for c in copies {
-        let part = c.key.as_deref().map(chunk_part);
+    for (event_id, key) in copies {
+        let part = key.as_deref().map(chunk_part);
         let at = match open.get(&part) {
             Some(&i) if out[i].events.len() < CHUNK_MAX => i,
             _ => {
@@ -456,8 +471,8 @@ pub(crate) fn chunks_of(copies: &[Copied]) -> Vec<Chunk> {
                 out.len() - 1
             }
         };
-        out[at].events.push(c.event_id.0);
-        out[at].keys.push(c.key.clone());
+        out[at].events.push(event_id.0);
+        out[at].keys.push(key.clone());
     }
     out
 }
@@ -583,9 +598,10 @@ pub struct InboxStatus {
     /// Matching events committed and not yet passed by the inbox's checkpoint (the
     /// lag); `None` when unregistered.
     pub pending: Option<i64>,
-    /// Deliveries waiting in `herald_deliveries`: failed ones waiting for a retry, the
-    /// later events of their keys parked behind them, and a spread inbox's copied
-    /// events not yet delivered. The inbox is done when this and `pending` are 0.
+    /// Deliveries waiting: failed ones waiting for a retry and the later events of
+    /// their keys parked behind them (`herald_deliveries`), and a spread inbox's
+    /// copied events not yet delivered (`herald_chunks`). The inbox is done when this
+    /// and `pending` are 0.
     pub retrying: i64,
     /// Dead deliveries.
     pub dead: i64,
@@ -1187,7 +1203,7 @@ pub(crate) fn snapshot_xip(snapshot: &str) -> Vec<String> {
 struct Pass {
     delivered: u64,
     failed: u64,
-    /// Events a spread inbox's pump copied into delivery rows.
+    /// Events a spread inbox's pump copied into chunks.
     queued: u64,
     /// More is waiting right now (the batch was full, or the lease is held elsewhere).
     more: bool,
@@ -1710,7 +1726,7 @@ impl Dispatcher {
         let window_cap = WINDOW.max(2 * inner.batch_size);
         // An event that kept killing its workers: dead-lettered unrun.
         let mut poison = self.careful(def.name)? && lease.crashes_here() >= inner.max_lease_expiries;
-        // A spread inbox's stream is a pump: it copies the events into delivery rows
+        // A spread inbox's stream is a pump: it copies the events into chunks
         // (claimed by every worker) while fewer than `cap` wait to run.
         let spread = def.spread;
         let cap = SPREAD_QUEUE.max(4 * inner.batch_size);
@@ -1863,7 +1879,7 @@ impl Dispatcher {
                 let renew = (!finished).then_some(inner.lease);
                 let parked_keys = unwritten.failures.iter().any(|f| f.key.is_some() && !f.dead);
                 let copied = !unwritten.copies.is_empty();
-                let chunks = chunks_of(&unwritten.copies);
+                let chunks = chunks_of(unwritten.copies.iter().map(|c| (c.event_id, &c.key)));
                 let write =
                     store.advance(def.name, &inner.me, lease.epoch, &to, renew, &unwritten.failures, &chunks, now());
                 if !alongside(&mut running, &mut landed, write).await? {
@@ -2693,6 +2709,41 @@ async fn listen(store: Store, pool: sqlx::PgPool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_hashes_to_the_same_partition_in_every_build() {
+        // Stored data depends on it: chunks of one partition run in order, so a key
+        // must land in the same partition whichever process (or version) copies it.
+        let parts: Vec<i32> = ["", "issue:1", "issue:2", "user:42", "9f1c"].iter().map(|k| chunk_part(k)).collect();
+        assert_eq!(parts, [5, 13, 20, 2, 18], "FNV-1a 64 of the key, modulo 32");
+        assert!((0..10_000).all(|i| (0..CHUNK_PARTS as i32).contains(&chunk_part(&format!("k{i}")))));
+    }
+
+    #[test]
+    fn copies_go_into_chunks_per_partition_in_order() {
+        let keys: Vec<Option<String>> = (0..200).map(|i| Some(format!("subject:{}", i % 3))).collect();
+        let chunks = chunks_of(keys.iter().enumerate().map(|(i, k)| (EventId(i as i64), k)));
+        // Three keys, each in its partition; at most 64 events a chunk.
+        assert!(chunks.iter().all(|c| c.events.len() <= CHUNK_MAX && c.events.len() == c.keys.len()));
+        assert_eq!(chunks.iter().map(|c| c.events.len()).sum::<usize>(), 200);
+        for c in &chunks {
+            assert!(c.events.windows(2).all(|w| w[0] < w[1]), "commit order within a chunk");
+            let part = c.part.expect("keyed");
+            assert!(c.keys.iter().all(|k| k.as_deref().map(chunk_part) == Some(part)));
+        }
+        // A partition's chunks are listed (and so numbered) in commit order.
+        for part in chunks.iter().filter_map(|c| c.part) {
+            let firsts: Vec<i64> = chunks.iter().filter(|c| c.part == Some(part)).map(|c| c.events[0]).collect();
+            assert!(firsts.windows(2).all(|w| w[0] < w[1]));
+        }
+        // Keyless: no partition, chunks of 64 in order.
+        let none = vec![None; 130];
+        let chunks = chunks_of(none.iter().enumerate().map(|(i, k)| (EventId(i as i64), k)));
+        assert_eq!(
+            chunks.iter().map(|c| (c.part, c.events.len())).collect::<Vec<_>>(),
+            [(None, 64), (None, 64), (None, 2)]
+        );
+    }
 
     #[test]
     fn a_snapshot_contains_the_ones_taken_before_it() {

@@ -103,8 +103,8 @@ pub struct InboxDef {
     pub key: Key,
     /// Whether its deliveries are spread over every worker process
     /// (`#[inbox(spread = true)]`): the lease holder only copies events into
-    /// per-delivery rows, which every worker claims (see the dispatch module docs,
-    /// "Spread inboxes"). `false`: one worker at a time streams the inbox.
+    /// chunks (per partition of keys), which every worker claims (see the dispatch
+    /// module docs, "Spread inboxes"). `false`: one worker at a time streams the inbox.
     pub spread: bool,
     /// Where the inbox starts when it is first seen.
     pub start_from: StartFrom,

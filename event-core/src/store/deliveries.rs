@@ -33,7 +33,7 @@ impl Store {
         self.wake.subscribe_queued()
     }
 
-    /// A spread inbox's events were copied into delivery rows: wake every claimer.
+    /// A spread inbox's events were copied into chunks: wake every claimer.
     pub(crate) fn announce_queued(&self) {
         self.wake.queued(self);
     }

@@ -33,7 +33,7 @@ pub(crate) const NOTIFY_INTERVAL: Duration = Duration::from_millis(5);
 #[derive(Debug, Clone)]
 pub(crate) struct Wake {
     local: Arc<watch::Sender<u64>>,
-    /// Bumped when a spread inbox's events were copied into delivery rows here.
+    /// Bumped when a spread inbox's events were copied into chunks here.
     queued: Arc<watch::Sender<u64>>,
     remote: Arc<OnceLock<Arc<Notify>>>,
     /// Backend process id of the notifier's connection (0 until it connects).
@@ -73,12 +73,12 @@ impl Wake {
         pid != 0 && self.notifier_pid.load(Ordering::Relaxed) == pid
     }
 
-    /// A receiver that changes after this process queued delivery rows of a spread inbox.
+    /// A receiver that changes after this process copied chunks of a spread inbox.
     pub(crate) fn subscribe_queued(&self) -> watch::Receiver<u64> {
         self.queued.subscribe()
     }
 
-    /// After a spread inbox's events were copied into delivery rows: wakes this
+    /// After a spread inbox's events were copied into chunks: wakes this
     /// process's claimers, and other processes' (whose listeners wake everything).
     pub(crate) fn queued(&self, store: &Store) {
         self.queued.send_modify(|n| *n = n.wrapping_add(1));
