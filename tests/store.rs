@@ -390,3 +390,28 @@ async fn unsupported_urls_are_refused() {
     let err = Store::connect("mysql://localhost/db").await.unwrap_err();
     assert!(matches!(err, Error::UnsupportedUrl(ref u) if u == "mysql://localhost/db"), "{err:?}");
 }
+
+// During a server restart a worker's log read "delivery pass failed; will retry …
+// error=database error": the cause was dropped. It is now part of the message.
+#[tokio::test]
+async fn a_database_error_says_what_went_wrong() {
+    // Nothing listens on port 1.
+    let err = Store::connect("postgres://postgres@127.0.0.1:1/test").await.unwrap_err();
+    assert!(matches!(err, Error::Database(_)), "{err:?}");
+    let text = err.to_string();
+    assert!(text.starts_with("database error: ") && text.len() > "database error: ".len() + 10, "{text}");
+    assert!(text.to_lowercase().contains("refused"), "the cause is shown: {text}");
+    // A chain printer does not say it twice.
+    let mut chain = text.clone();
+    let mut source = std::error::Error::source(&err);
+    while let Some(s) = source {
+        chain = format!("{chain}: {s}");
+        source = s.source();
+    }
+    assert_eq!(chain.matches("refused").count(), text.matches("refused").count(), "{chain}");
+
+    // A statement the database refuses names the database's reason.
+    let store = Store::connect("sqlite::memory:").await.unwrap();
+    let err = store.feed().fetch().await.unwrap_err();
+    assert!(err.to_string().contains("no such table"), "{err}");
+}

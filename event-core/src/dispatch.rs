@@ -1331,7 +1331,7 @@ impl Dispatcher {
                 // The loops catch panics of their passes; a task that died anyway is a
                 // bug that must not end in `Ok`.
                 Ok(Err(e)) => {
-                    tracing::error!(error = %e, "herald: a dispatcher task died");
+                    tracing::error!(error = %crate::error::chain(&e), "herald: a dispatcher task died");
                     died = Some(Error::Panicked(e.to_string()));
                 }
                 Err(_) => {
@@ -1512,7 +1512,7 @@ impl Dispatcher {
                 Ok(pass) if pass.more => continue,
                 Ok(_) => poll,
                 Err(e) => {
-                    tracing::warn!(inbox = def.name, error = %e, "herald: delivery pass failed; will retry");
+                    tracing::warn!(inbox = def.name, error = %crate::error::chain(&e), "herald: delivery pass failed; will retry");
                     poll
                 }
             };
@@ -1532,7 +1532,7 @@ impl Dispatcher {
         while !*live.stop.borrow() {
             let l = ClaimLive { commits: live.commits.clone(), queued: live.queued.clone(), stop: live.stop.clone() };
             if let Err(e) = caught(self.claim_stream(def, Some(l), None)).await {
-                tracing::warn!(inbox = def.name, error = %e, "herald: claiming deliveries failed; will retry");
+                tracing::warn!(inbox = def.name, error = %crate::error::chain(&e), "herald: claiming deliveries failed; will retry");
                 tokio::select! {
                     _ = live.stop.changed() => {}
                     _ = tokio::time::sleep(self.inner.poll_interval) => {}
@@ -1549,7 +1549,7 @@ impl Dispatcher {
             if let Some(before) = retention_cutoff(now(), keep)
                 && let Err(e) = caught(self.inner.store.prune_dead(before)).await
             {
-                tracing::warn!(error = %e, "herald: pruning dead letters failed");
+                tracing::warn!(error = %crate::error::chain(&e), "herald: pruning dead letters failed");
             }
             tokio::select! {
                 _ = stop.changed() => {}
@@ -1843,7 +1843,7 @@ impl Dispatcher {
                         }
                         Ok(event) => w.admit(def, after, event, &held),
                         Err(e) => {
-                            tracing::error!(inbox = def.name, event = pos.id, error = %e, "herald: a stored event cannot be read; dead-lettered");
+                            tracing::error!(inbox = def.name, event = pos.id, error = %crate::error::chain(&e), "herald: a stored event cannot be read; dead-lettered");
                             let error = format!("the stored event cannot be read: {e}");
                             w.push_done(after, Some(Failure::dead(EventId(pos.id), 1, error)));
                             pass.failed += 1;
@@ -1949,7 +1949,7 @@ impl Dispatcher {
                                 self.remember(def.name, None);
                                 return Ok(Pass { more: false, ..pass });
                             }
-                            Err(e) => tracing::warn!(inbox = def.name, error = %e, "herald: renewing a lease failed"),
+                            Err(e) => tracing::warn!(inbox = def.name, error = %crate::error::chain(&e), "herald: renewing a lease failed"),
                         }
                     }
                 }
@@ -2364,11 +2364,11 @@ impl Dispatcher {
                     let ids: Vec<i64> = held.iter().copied().collect();
                     let until = now() + chrono_of(inner.lease);
                     if let Err(e) = alongside(&mut running, &mut landed, store.renew_retries(&inner.me, &ids, until)).await {
-                        tracing::warn!(inbox = def.name, error = %e, "herald: renewing delivery leases failed");
+                        tracing::warn!(inbox = def.name, error = %crate::error::chain(&e), "herald: renewing delivery leases failed");
                     }
                     let ids: Vec<i64> = chunks.keys().copied().collect();
                     if let Err(e) = alongside(&mut running, &mut landed, store.renew_chunks(&inner.me, &ids, until)).await {
-                        tracing::warn!(inbox = def.name, error = %e, "herald: renewing chunk leases failed");
+                        tracing::warn!(inbox = def.name, error = %crate::error::chain(&e), "herald: renewing chunk leases failed");
                     }
                 }
                 // Commits concern a spread inbox (another process's pump copied chunks);
@@ -2693,13 +2693,13 @@ async fn listen(store: Store, pool: sqlx::PgPool) {
                             store.poke();
                         }
                         Err(e) => {
-                            tracing::warn!(error = %e, "herald: LISTEN reconnect failed; polling meanwhile");
+                            tracing::warn!(error = %crate::error::chain(&e), "herald: LISTEN reconnect failed; polling meanwhile");
                             break;
                         }
                     }
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "herald: cannot LISTEN; polling meanwhile"),
+            Err(e) => tracing::warn!(error = %crate::error::chain(&e), "herald: cannot LISTEN; polling meanwhile"),
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));

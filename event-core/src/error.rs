@@ -276,13 +276,31 @@ pub enum Error {
         reason: String,
     },
 
-    /// Applying the embedded migrations failed.
-    #[error("migration failed")]
-    Migrate(#[source] sqlx::migrate::MigrateError),
+    /// Applying the embedded migrations failed (its cause in the message).
+    #[error("migration failed: {0}")]
+    Migrate(sqlx::migrate::MigrateError),
 
-    /// The database refused or failed a statement.
-    #[error("database error")]
-    Database(#[source] sqlx::Error),
+    /// The database refused or failed a statement, or could not be reached (its cause
+    /// in the message: `database error: error communicating with database: Connection
+    /// refused`).
+    #[error("database error: {0}")]
+    Database(sqlx::Error),
+}
+
+/// An error with its sources, `a: b: c`, skipping a source whose text the error
+/// before it already shows (an error that displays its cause).
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
 }
 
 impl From<sqlx::Error> for Error {

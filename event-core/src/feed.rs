@@ -223,7 +223,7 @@ impl Feed {
             match row.event {
                 Ok(e) => events.push(e),
                 Err(e) => {
-                    tracing::warn!(event = row.id, error = %e, "herald: a stored event cannot be read; skipped in a feed page");
+                    tracing::warn!(event = row.id, error = %crate::error::chain(&e), "herald: a stored event cannot be read; skipped in a feed page");
                     unreadable.push(Unreadable { id: crate::EventId(row.id), reason: e.to_string() });
                 }
             }

@@ -250,13 +250,7 @@ impl<E: std::error::Error + 'static> From<E> for InboxError {
     /// Any error becomes a retry with its message (and its sources'), except
     /// [`Error::CausationTooDeep`], which no retry can fix: that one gives up.
     fn from(e: E) -> Self {
-        let mut message = e.to_string();
-        let mut source = e.source();
-        while let Some(s) = source {
-            message.push_str(": ");
-            message.push_str(&s.to_string());
-            source = s.source();
-        }
+        let message = crate::error::chain(&e);
         let hopeless = (&e as &dyn std::any::Any)
             .downcast_ref::<Error>()
             .is_some_and(|e| matches!(e, Error::CausationTooDeep { .. }));

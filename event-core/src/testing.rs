@@ -1045,14 +1045,8 @@ fn one_line(e: &Event) -> String {
 }
 
 /// An error with its sources, `a: b: c`.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let _ = write!(out, ": {s}");
-        source = s.source();
-    }
-    out
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    crate::error::chain(e)
 }
 
 // ---- Routing ------------------------------------------------------------------------

@@ -107,6 +107,9 @@ impl Store {
     /// (and kept while the store lives); a URL naming no database at all (`sqlite:`,
     /// `sqlite://`) is [`Error::InvalidUrl`], since SQLite would give each pooled
     /// connection a private temporary database of its own.
+    ///
+    /// A PostgreSQL server that is down or refuses the connection fails it at once
+    /// with [`Error::Database`], its reason in the message (`… Connection refused`).
     pub async fn connect(url: &str) -> Result<Self> {
         if url.starts_with("sqlite:") {
             let mut opts =
@@ -137,6 +140,10 @@ impl Store {
             Ok(Store::from_sqlite(connect_sqlite(pool, opts).await?))
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let opts = PgConnectOptions::from_str(url)?;
+            // One connection first: a server that is down or refuses us fails here at
+            // once, with its reason (a pool retries until its timeout, then reports
+            // only "pool timed out").
+            sqlx::Connection::close(<PgConnection as sqlx::Connection>::connect_with(&opts).await?).await?;
             let pool = PgPoolOptions::new().max_connections(10).connect_with(opts).await?;
             Ok(Store::from_postgres(pool))
         } else {
@@ -593,7 +600,7 @@ impl<'c> Transaction<'c> {
                 TxInner::Postgres(tx) => tx.rollback().await,
             };
             if let Err(e) = rolled_back {
-                tracing::warn!(error = %e, "herald: rolling back an aborted transaction failed");
+                tracing::warn!(error = %crate::error::chain(&e), "herald: rolling back an aborted transaction failed");
             }
             return Err(Error::Aborted { reason });
         }

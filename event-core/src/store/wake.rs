@@ -170,7 +170,7 @@ async fn notifier(pool: PgPool, notify: Arc<Notify>, pid: Arc<AtomicU32>) {
         if let Err(e) = sent {
             conn = None;
             pid.store(0, Ordering::Relaxed);
-            tracing::warn!(error = %e, "herald: NOTIFY failed; dispatchers fall back to polling");
+            tracing::warn!(error = %crate::error::chain(&e), "herald: NOTIFY failed; dispatchers fall back to polling");
         }
     }
 }
