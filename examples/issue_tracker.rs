@@ -353,7 +353,7 @@ async fn scenario(store: &Store) -> Result<(), Box<dyn std::error::Error>> {
     for (external_id, what) in &syncs {
         println!("  {external_id} {what}");
     }
-    let dead = store.dead_letters(None).await?;
+    let dead = store.dead_letters(None).await?.letters;
     println!("dead letters: {}", if dead.is_empty() { "none".to_owned() } else { dead.len().to_string() });
     for d in dead {
         println!("  {} event #{} after {} attempts: {}", d.inbox, d.event_id, d.attempts, d.last_error);

@@ -146,7 +146,7 @@ backend_test!(failing_inbox_is_isolated_then_dead_then_retried, |store| async mo
     assert_eq!(count("iso_flaky"), 3, "max_attempts = 3");
     assert_eq!(count("iso_panics"), 5, "panics are failures, retried up to max_attempts = 5");
 
-    let dead = store.dead_letters(None).await.unwrap();
+    let dead = store.dead_letters(None).await.unwrap().letters;
     assert_eq!(dead.len(), 2);
     let flaky = dead.iter().find(|d| d.inbox == "dispatch::iso_flaky").expect("flaky is dead");
     assert_eq!((flaky.event_id, flaky.attempts, flaky.last_error.as_str()), (e.id, 3, "smtp server said no"));
@@ -163,7 +163,7 @@ backend_test!(failing_inbox_is_isolated_then_dead_then_retried, |store| async mo
     store.retry_dead(flaky.id).await.unwrap();
     let again = d.drain().await.unwrap();
     assert_eq!((again.delivered, again.failed), (1, 0));
-    assert_eq!(store.dead_letters(Some("dispatch::iso_flaky")).await.unwrap(), []);
+    assert_eq!(store.dead_letters(Some("dispatch::iso_flaky")).await.unwrap().letters, []);
     assert!(matches!(store.retry_dead(flaky.id).await, Err(herald::Error::NoSuchDelivery(_))));
 
     // give_up dead-letters at once, whatever attempts are left.
@@ -172,7 +172,7 @@ backend_test!(failing_inbox_is_isolated_then_dead_then_retried, |store| async mo
         tx.record(Subject::new("iso", 2), "happened", Actor::system()).metadata(json!({"fatal": true})).await.unwrap();
     tx.commit().await.unwrap();
     d.drain().await.unwrap();
-    let dead = store.dead_letters(Some("dispatch::iso_panics")).await.unwrap();
+    let dead = store.dead_letters(Some("dispatch::iso_panics")).await.unwrap().letters;
     let fatal_dead = dead.iter().find(|d| d.event_id == fatal.id).expect("dead at once");
     assert_eq!((fatal_dead.attempts, fatal_dead.last_error.as_str()), (1, "malformed payload"));
 });
@@ -215,7 +215,7 @@ backend_test!(retries_follow_exponential_backoff, |store| async move {
         let floor = Duration::from_millis(30 << n);
         assert!(gap >= floor, "gap before attempt {} was {gap:?}, expected at least {floor:?}", n + 2);
     }
-    let dead = store.dead_letters(None).await.unwrap();
+    let dead = store.dead_letters(None).await.unwrap().letters;
     assert_eq!((dead.len(), dead[0].attempts), (1, 4));
 });
 
@@ -550,7 +550,7 @@ backend_test!(inboxes_get_resources_and_a_missing_one_is_a_dead_letter, |store| 
     tx.record(Subject::new("res", 1), "arrived", Actor::system()).await.unwrap();
     tx.commit().await.unwrap();
     d.drain().await.unwrap();
-    let dead = store.dead_letters(None).await.unwrap();
+    let dead = store.dead_letters(None).await.unwrap().letters;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].last_error, "no resource of type alloc::string::String was given to the dispatcher");
 
@@ -565,7 +565,7 @@ backend_test!(inboxes_get_resources_and_a_missing_one_is_a_dead_letter, |store| 
     assert_eq!(d.drain().await.unwrap().delivered, 1);
     let trail = store.feed().subject(&Subject::new("res", 1)).actions(["greeted"]).fetch().await.unwrap().events;
     assert_eq!(trail[0].meta("text"), Some(&json!("hello world")));
-    assert!(store.dead_letters(None).await.unwrap().is_empty());
+    assert!(store.dead_letters(None).await.unwrap().letters.is_empty());
 });
 
 #[inbox(subject = "prune", max_attempts = 1)]
@@ -580,10 +580,10 @@ backend_test!(dead_letters_are_pruned_by_age_events_are_kept, |store| async move
     tx.record_all((0..3).map(|n| NewEvent::new(Subject::new("prune", n), "x", Actor::system()))).await.unwrap();
     tx.commit().await.unwrap();
     d.drain().await.unwrap();
-    assert_eq!(store.dead_letters(None).await.unwrap().len(), 3);
+    assert_eq!(store.dead_letters(None).await.unwrap().letters.len(), 3);
     assert_eq!(store.prune_dead(chrono::Utc::now() - chrono::Duration::hours(1)).await.unwrap(), 0, "recent ones stay");
     assert_eq!(store.prune_dead(chrono::Utc::now() + chrono::Duration::seconds(1)).await.unwrap(), 3);
-    assert!(store.dead_letters(None).await.unwrap().is_empty());
+    assert!(store.dead_letters(None).await.unwrap().letters.is_empty());
     assert_eq!(common::count_events(&store).await, 3, "events themselves are kept");
 });
 
@@ -762,7 +762,7 @@ backend_test!(an_inbox_that_triggers_itself_stops_at_the_causation_limit, |store
     let chain = store.feed().subject(&Subject::new("echo", 1)).limit(100).fetch().await.unwrap().events;
     assert_eq!(chain.len(), 5, "the root and 4 caused events, then the loop stops");
     assert!(chain.iter().all(|e| e.correlation_id == root.id), "one chain");
-    let dead = store.dead_letters(None).await.unwrap();
+    let dead = store.dead_letters(None).await.unwrap().letters;
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0].event_id, chain[0].id, "the newest event's delivery is the one refused");
     assert_eq!(dead[0].attempts, 1, "given up at once: retrying cannot help");
@@ -895,12 +895,12 @@ backend_test!(a_hung_handler_times_out_is_retried_then_dead_and_the_inbox_goes_o
     assert_eq!(handled(&store).await.iter().map(|h| h.1).collect::<Vec<_>>(), [fine.id.0]);
     for _ in 0..20 {
         tokio::time::timeout(Duration::from_secs(10), d.drain()).await.expect("drain returns").unwrap();
-        if !store.dead_letters(None).await.unwrap().is_empty() {
+        if !store.dead_letters(None).await.unwrap().letters.is_empty() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let dead = store.dead_letters(None).await.unwrap();
+    let dead = store.dead_letters(None).await.unwrap().letters;
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!((dead[0].event_id, dead[0].attempts), (hung.id, 2));
     assert_eq!(dead[0].last_error, "timed out after 100ms");
@@ -1109,7 +1109,7 @@ backend_test!(slow_retries_are_not_mistaken_for_crashes, |store| async move {
     assert_eq!(retried.len(), 20);
     let runs = handled(&store).await;
     assert_eq!(runs.len(), 40, "each event failed once and was retried once: {} runs", runs.len());
-    assert!(store.dead_letters(None).await.unwrap().is_empty(), "nothing dead-lettered as crashed");
+    assert!(store.dead_letters(None).await.unwrap().letters.is_empty(), "nothing dead-lettered as crashed");
 });
 
 // ---- identity: moves and renames --------------------------------------------------------
@@ -1220,4 +1220,64 @@ backend_test!(an_explicit_rename_keeps_the_inbox, |store| async move {
     assert_eq!(runs.last(), Some(&("emails_v2".to_owned(), during.id.0)));
     let names: Vec<String> = v2.status().await.unwrap().into_iter().map(|s| s.name).collect();
     assert_eq!(names, ["emails_v2"]);
+});
+
+#[inbox(subject = "dlp")]
+async fn dlp_one(_event: &Event, _cx: &Context) -> Result<(), InboxError> {
+    Err(InboxError::give_up("no such mailbox"))
+}
+
+#[inbox(subject = "dlp")]
+async fn dlp_two(_event: &Event, _cx: &Context) -> Result<(), InboxError> {
+    Err(InboxError::give_up("no such mailbox"))
+}
+
+// `dead_letters` returned every dead row at once, however many there were. It pages
+// now: newest first, continued from a cursor, with no gap and no repeat even where
+// many died in the same instant (the rows of one write share their time).
+backend_test!(dead_letters_come_in_pages, |store| async move {
+    let d = dispatcher(&store, "dlp_").await;
+    d.drain().await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    for n in 0..125 {
+        tx.record(Subject::new("dlp", n), "bounced", Actor::system()).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    assert_eq!(d.drain().await.unwrap().failed, 250);
+
+    // The first page by default: 100.
+    let first = store.dead_letters(None).await.unwrap();
+    assert_eq!(first.letters.len(), 100);
+    assert!(first.next.is_some());
+
+    let walk = |inbox: Option<&'static str>, limit: u32| {
+        let store = store.clone();
+        async move {
+            let (mut seen, mut pages) = (Vec::new(), Vec::new());
+            let mut page = store.dead_letters(inbox).limit(limit).await.unwrap();
+            loop {
+                pages.push(page.letters.len());
+                seen.extend(page.letters.iter().map(|l| (l.failed_at, l.id, l.inbox.clone())));
+                let Some(next) = page.next else { break };
+                page = store.dead_letters(inbox).limit(limit).before(next).await.unwrap();
+            }
+            (seen, pages)
+        }
+    };
+    let (all, pages) = walk(None, 40).await;
+    assert_eq!(pages, [40, 40, 40, 40, 40, 40, 10]);
+    let mut ids: Vec<i64> = all.iter().map(|l| l.1).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 250, "no repeat, no gap");
+    assert!(all.windows(2).all(|w| (w[0].0, w[0].1) > (w[1].0, w[1].1)), "newest first");
+
+    let (one, pages) = walk(Some("dispatch::dlp_one"), 50).await;
+    assert_eq!(pages, [50, 50, 25]);
+    assert!(one.iter().all(|l| l.2 == "dispatch::dlp_one"));
+
+    let err = store.dead_letters(None).limit(0).await.unwrap_err();
+    assert!(matches!(err, herald::Error::InvalidLimit { got: 0, .. }), "{err:?}");
+    let err = store.dead_letters(None).limit(1001).await.unwrap_err();
+    assert!(matches!(err, herald::Error::InvalidLimit { got: 1001, .. }), "{err:?}");
 });

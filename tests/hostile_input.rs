@@ -539,7 +539,7 @@ backend_test!(an_unreadable_stored_event_blocks_no_page_and_no_inbox, |store| as
     let got: Vec<i64> = common::handled(&store).await.into_iter().map(|(_, id, _, _)| id).collect();
     assert_eq!(got.len(), 2);
     assert!(got.contains(&before.id.0) && got.contains(&after.id.0));
-    let dead = store.dead_letters(None).await.unwrap();
+    let dead = store.dead_letters(None).await.unwrap().letters;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].event_id, poison);
     assert!(dead[0].last_error.contains("cannot be read"), "{}", dead[0].last_error);
@@ -547,7 +547,7 @@ backend_test!(an_unreadable_stored_event_blocks_no_page_and_no_inbox, |store| as
     store.retry_dead(dead[0].id).await.unwrap();
     let again = d.drain().await.unwrap();
     assert_eq!((again.delivered, again.failed), (0, 1));
-    assert_eq!(store.dead_letters(None).await.unwrap().len(), 1);
+    assert_eq!(store.dead_letters(None).await.unwrap().letters.len(), 1);
 });
 
 // ---- 2. an inbox task never dies unseen ----------------------------------------
@@ -581,7 +581,7 @@ backend_test!(a_panicking_filter_fails_its_event_and_the_inbox_goes_on, |store| 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
         let delivered = common::handled(&store).await.iter().any(|(_, id, _, _)| *id == calm.id.0);
-        let dead = store.dead_letters(None).await.unwrap();
+        let dead = store.dead_letters(None).await.unwrap().letters;
         if delivered && dead.len() == 1 {
             assert!(dead[0].last_error.contains("filter panicked"), "{}", dead[0].last_error);
             break;
@@ -680,12 +680,12 @@ backend_test!(pruning_before_the_year_ten_thousand_prunes_everything, |store| as
     tx.record(Subject::new("doomed", 1), "happened", Actor::system()).await.unwrap();
     tx.commit().await.unwrap();
     d.drain().await.unwrap();
-    assert_eq!(store.dead_letters(None).await.unwrap().len(), 1);
+    assert_eq!(store.dead_letters(None).await.unwrap().letters.len(), 1);
     let y1 = chrono::DateTime::<chrono::Utc>::MIN_UTC;
     assert_eq!(store.prune_dead(y1).await.unwrap(), 0);
     let y10000 = chrono::NaiveDate::from_ymd_opt(10_000, 1, 1).unwrap().and_hms_opt(0, 0, 0).unwrap().and_utc();
     assert_eq!(store.prune_dead(y10000).await.unwrap(), 1);
-    assert!(store.dead_letters(None).await.unwrap().is_empty());
+    assert!(store.dead_letters(None).await.unwrap().letters.is_empty());
 });
 
 // ---- 3. what PostgreSQL would refuse is refused before it is sent, everywhere ----

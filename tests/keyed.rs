@@ -266,7 +266,7 @@ backend_test!(a_failing_event_blocks_its_key_only_and_can_be_skipped, |store| as
     let ok1: Vec<i64> = got.iter().filter(|r| r.0 == "1" && r.3).map(|r| r.1).collect();
     assert_eq!(ok1, [1, 2]);
     assert_eq!(store.blocked_keys(None).await.unwrap(), []);
-    let dead = store.dead_letters(Some("keyed::blk_sync")).await.unwrap();
+    let dead = store.dead_letters(Some("keyed::blk_sync")).await.unwrap().letters;
     assert_eq!(dead.len(), 1);
     assert_eq!((dead[0].event_id, dead[0].key.as_deref()), (head.id, Some("blk:1")));
     assert!(dead[0].last_error.starts_with("skipped by hand: "), "{}", dead[0].last_error);

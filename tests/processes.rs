@@ -178,7 +178,7 @@ async fn a_delivery_that_keeps_killing_workers_is_dead_lettered_postgres() {
     }
     let fatal = scalar(&store, "SELECT COUNT(*) FROM runs WHERE phase = 'fatal'").await;
     assert_eq!(fatal, 3, "three workers died on it (max_lease_expiries = 3), then it was set aside");
-    let dead = store.dead_letters(None).await.unwrap();
+    let dead = store.dead_letters(None).await.unwrap().letters;
     assert_eq!(dead.len(), 1);
     assert_eq!((dead[0].event_id, dead[0].attempts), (bad.id, 0));
     assert!(dead[0].last_error.contains("stopped 3 times"), "{}", dead[0].last_error);
@@ -433,7 +433,7 @@ async fn killed_workers_and_a_server_restart_lose_nothing_postgres() {
         .unwrap();
         panic!("{handled} of {want} delivered; missing {missing:?}\ninboxes {inboxes:#?}\ndeliveries {deliveries:#?}");
     }
-    let dead = store.dead_letters(None).await.unwrap();
+    let dead = store.dead_letters(None).await.unwrap().letters;
     assert!(dead.is_empty(), "nothing dead-lettered: {dead:#?}");
     eprintln!("chaos: {} silence(s) over 5 s, each with a second kill inside (a taker killed too)", long.len());
 }

@@ -463,7 +463,7 @@ backend_test!(a_chunk_whose_worker_died_runs_again_in_order, |store| async move 
         .expect("insert chunk");
     }
     c.drain().await.unwrap();
-    let dead = store.dead_letters(None).await.unwrap();
+    let dead = store.dead_letters(None).await.unwrap().letters;
     let mut dead_ids: Vec<i64> = dead.iter().map(|d| d.event_id.0).collect();
     dead_ids.sort_unstable();
     assert_eq!(dead_ids, first.iter().map(|(id, _)| *id).collect::<Vec<_>>(), "{dead:?}");

@@ -18,7 +18,9 @@ use crate::store::Store;
 pub const MAX_LIMIT: u32 = 1000;
 const DEFAULT_LIMIT: u32 = 50;
 
-/// A position in a feed; pass it to [`Feed::before`] to get the next (older) page.
+/// A position in a feed or in a listing of dead letters; pass it to [`Feed::before`]
+/// (or [`DeadLetters::before`](crate::DeadLetters::before)) to get the next (older)
+/// page.
 ///
 /// Its text form (`Display` / `FromStr`) is opaque: hand it to clients as is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

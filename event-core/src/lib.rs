@@ -70,7 +70,7 @@ pub use model::{
 };
 pub use record::{Record, Throttled};
 pub use state_machine::{InvalidTransition, StateMachine, Transition, UnknownState};
-pub use store::{Backend, Connection, Store, Transaction};
+pub use store::{Backend, Connection, DeadLetterPage, DeadLetters, Store, Transaction};
 
 #[doc(hidden)]
 pub mod __private {

@@ -7,7 +7,8 @@ use super::{Pool, Store, postgres, sqlite};
 use crate::dispatch::{
     BlockedKey, Chunk, ChunkClaim, ChunkRow, Claimed, DeadLetter, Failure, Mark, Relet, Taking, View,
 };
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::feed::{Cursor, MAX_LIMIT};
 use crate::inbox::InboxDef;
 use crate::model::EventId;
 
@@ -338,9 +339,36 @@ impl Store {
         }
     }
 
-    /// Dead deliveries, newest first, of one inbox or of all.
-    pub async fn dead_letters(&self, inbox: Option<&str>) -> Result<Vec<DeadLetter>> {
-        on_backend!(self, dead_letters(inbox))
+    /// Dead deliveries, newest first, of one inbox (`Some(name)`) or of all, a page at
+    /// a time: `.await` the first page (up to 100), or set [`DeadLetters::limit`] and
+    /// continue from a page's [`next`](DeadLetterPage::next) with
+    /// [`DeadLetters::before`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> event_core::Result<()> {
+    /// # let store = event_core::Store::connect("sqlite::memory:").await?;
+    /// # store.migrate().await?;
+    /// let mut page = store.dead_letters(Some("mailer")).limit(20).await?;
+    /// loop {
+    ///     for dead in &page.letters {
+    ///         println!("{} failed: {}", dead.event_id, dead.last_error);
+    ///     }
+    ///     let Some(next) = page.next else { break };
+    ///     page = store.dead_letters(Some("mailer")).limit(20).before(next).await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn dead_letters(&self, inbox: Option<&str>) -> DeadLetters {
+        DeadLetters { store: self.clone(), inbox: inbox.map(str::to_owned), before: None, limit: 100 }
+    }
+
+    pub(crate) async fn dead_letter_rows(
+        &self,
+        inbox: Option<&str>,
+        before: Option<(DateTime<Utc>, i64)>,
+        limit: u32,
+    ) -> Result<Vec<DeadLetter>> {
+        on_backend!(self, dead_letters(inbox, before, limit))
     }
 
     /// Schedules one dead delivery for a fresh round of attempts, now.
@@ -380,5 +408,66 @@ impl Store {
 
     pub(crate) async fn pending(&self, def: &InboxDef, after: &Mark, view: &View) -> Result<i64> {
         on_backend!(self, pending(def, after, view))
+    }
+}
+
+/// A listing of dead letters, from [`Store::dead_letters`]: `.await` it for a page.
+#[derive(Debug, Clone)]
+#[must_use = "a listing does nothing until awaited"]
+pub struct DeadLetters {
+    store: Store,
+    inbox: Option<String>,
+    before: Option<Cursor>,
+    limit: u32,
+}
+
+/// One page of dead letters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeadLetterPage {
+    /// Newest first.
+    pub letters: Vec<DeadLetter>,
+    /// Where the next (older) page starts, or `None` when this was the last page.
+    pub next: Option<Cursor>,
+}
+
+impl DeadLetters {
+    /// Page size, 1 to [`MAX_LIMIT`]; 100 by default.
+    pub fn limit(mut self, limit: u32) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    /// Continues after `cursor` (a previous page's [`next`](DeadLetterPage::next)).
+    pub fn before(mut self, cursor: Cursor) -> Self {
+        self.before = Some(cursor);
+        self
+    }
+
+    async fn fetch(self) -> Result<DeadLetterPage> {
+        if self.limit == 0 || self.limit > MAX_LIMIT {
+            return Err(Error::InvalidLimit { got: self.limit, max: MAX_LIMIT });
+        }
+        let before = match self.before {
+            Some(c) => Some((c.created_at()?, c.id)),
+            None => None,
+        };
+        let mut letters = self.store.dead_letter_rows(self.inbox.as_deref(), before, self.limit + 1).await?;
+        let next = if letters.len() > self.limit as usize {
+            letters.truncate(self.limit as usize);
+            letters.last().map(|d| Cursor { created_at_micros: d.failed_at.timestamp_micros(), id: d.id })
+        } else {
+            None
+        };
+        Ok(DeadLetterPage { letters, next })
+    }
+}
+
+impl std::future::IntoFuture for DeadLetters {
+    type Output = Result<DeadLetterPage>;
+    type IntoFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Self::Output> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.fetch())
     }
 }

@@ -5,6 +5,7 @@
 //! the SQL that differs lives in the backend modules, which mirror each other.
 
 mod deliveries;
+pub use deliveries::{DeadLetterPage, DeadLetters};
 mod postgres;
 mod sqlite;
 mod wake;

@@ -808,12 +808,21 @@ pub(crate) async fn release(pool: &SqlitePool, me: &str, now: DateTime<Utc>) -> 
     Ok(())
 }
 
-pub(crate) async fn dead_letters(pool: &SqlitePool, inbox: Option<&str>) -> Result<Vec<DeadLetter>> {
-    let rows = sqlx::query(
+pub(crate) async fn dead_letters(
+    pool: &SqlitePool,
+    inbox: Option<&str>,
+    before: Option<(DateTime<Utc>, i64)>,
+    limit: u32,
+) -> Result<Vec<DeadLetter>> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT id, inbox, event_id, attempts, expiries, last_error, updated_at, key FROM herald_deliveries \
-         WHERE dead = 1 AND (?1 IS NULL OR inbox = ?1) ORDER BY updated_at DESC, id DESC",
-    )
+         WHERE dead = 1 AND (?1 IS NULL OR inbox = ?1) AND (?2 IS NULL OR (updated_at, id) < (?2, ?3)) \
+         ORDER BY updated_at DESC, id DESC LIMIT {}",
+        u64::from(limit)
+    )))
     .bind(inbox)
+    .bind(before.map(|b| encode_time(b.0)))
+    .bind(before.map_or(0, |b| b.1))
     .fetch_all(pool)
     .await?;
     rows.iter()
