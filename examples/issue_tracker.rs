@@ -302,8 +302,8 @@ async fn scenario(store: &Store) -> Result<(), Box<dyn std::error::Error>> {
     // ---- what happened ----
     for (issue, title) in [(&login, "Login page is slow"), (&typo, "Typo in footer")] {
         let state = store.state::<IssueStatus>(issue).await?;
-        println!("\n== audit trail of {issue} \"{title}\" (now {state}), newest first");
-        for e in store.feed().subject(issue).limit(20).fetch().await?.events {
+        println!("\n== audit trail of {issue} \"{title}\" (now {state}), oldest first");
+        for e in store.feed().subject(issue).oldest_first().all().await? {
             let detail = match (e.meta("from"), e.meta("to")) {
                 (Some(from), Some(to)) => format!("{} -> {}", from.as_str().unwrap_or("?"), to.as_str().unwrap_or("?")),
                 _ => serde_json::Value::Object(e.metadata.clone()).to_string(),
@@ -315,14 +315,10 @@ async fn scenario(store: &Store) -> Result<(), Box<dyn std::error::Error>> {
     println!("  ({views} of 5 views of issue:1 recorded: the throttle kept the rest out)");
 
     println!("\n== activity feed of {bob}, two per page");
-    let mut page = store.feed().actor(&bob).limit(2).fetch().await?;
-    loop {
-        for e in &page.events {
+    let mut pages = store.feed().actor(&bob).limit(2).pages();
+    while let Some(page) = pages.next().await {
+        for e in page?.events {
             println!("  {} {:<15} {}", e.created_at.format("%H:%M:%S%.3f"), e.action, e.subject);
-        }
-        match page.next {
-            Some(cursor) => page = store.feed().actor(&bob).limit(2).before(cursor).fetch().await?,
-            None => break,
         }
     }
 

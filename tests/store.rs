@@ -377,6 +377,10 @@ backend_test!(feed_pages_run_on_indexes, |store| async move {
         ("herald_events_subject", store.feed().subject(&ticket(7)).limit(20).before(cursor)),
         ("herald_events_actor", store.feed().actor(&Actor::new("user", 3)).limit(20).before(cursor)),
         ("herald_events_time", store.feed().limit(20).before(cursor)),
+        // Oldest first: the same indexes, walked backward.
+        ("herald_events_subject", store.feed().subject(ticket(7)).oldest_first().limit(20)),
+        ("herald_events_actor", store.feed().actor(Actor::new("user", 3)).oldest_first().limit(20).before(cursor)),
+        ("herald_events_time", store.feed().oldest_first().limit(20).before(cursor)),
     ];
     for (index, feed) in feeds {
         let plan = feed.explain().await.unwrap();
@@ -415,3 +419,49 @@ async fn a_database_error_says_what_went_wrong() {
     let err = store.feed().fetch().await.unwrap_err();
     assert!(err.to_string().contains("no such table"), "{err}");
 }
+
+// Walking an audit trail from the start was a manual cursor loop plus `reverse()`,
+// and `feed().subject(..)` took only a reference. Feeds read oldest first, page by
+// page or all at once, and take a subject as `record` does.
+backend_test!(a_trail_reads_oldest_first_page_by_page, |store| async move {
+    let doc = Subject::new("doc", 1);
+    // Three transactions; events of one transaction share their time.
+    let mut recorded = Vec::new();
+    for batch in 0..3 {
+        let mut tx = store.begin().await.unwrap();
+        for n in 0..7 {
+            recorded.push(tx.record(&doc, format!("step_{batch}_{n}"), Actor::system()).await.unwrap().id);
+            tx.record(Subject::new("doc", 2), "noise", Actor::system()).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+    }
+    let newest: Vec<EventId> =
+        store.feed().subject(&doc).limit(1000).fetch().await.unwrap().events.iter().map(|e| e.id).collect();
+    let mut reversed = newest.clone();
+    reversed.reverse();
+    assert_eq!(reversed, recorded, "newest first is commit order reversed");
+
+    // By value, oldest first, in pages of 4: every event once, in commit order.
+    let mut pages = store.feed().subject(doc.clone()).oldest_first().limit(4).pages();
+    let (mut sizes, mut walked) = (Vec::new(), Vec::new());
+    while let Some(page) = pages.next().await {
+        let page = page.unwrap();
+        sizes.push(page.events.len());
+        walked.extend(page.events.iter().map(|e| e.id));
+    }
+    assert_eq!(sizes, [4, 4, 4, 4, 4, 1]);
+    assert_eq!(walked, recorded);
+    assert!(pages.next().await.is_none(), "done stays done");
+
+    let all: Vec<EventId> =
+        store.feed().subject(&doc).oldest_first().limit(5).all().await.unwrap().iter().map(|e| e.id).collect();
+    assert_eq!(all, recorded);
+    let all_newest: Vec<EventId> =
+        store.feed().subject(&doc).limit(3).all().await.unwrap().iter().map(|e| e.id).collect();
+    assert_eq!(all_newest, newest);
+
+    // An error ends the walk.
+    let mut bad = store.feed().subject(&doc).limit(0).pages();
+    assert!(matches!(bad.next().await, Some(Err(Error::InvalidLimit { .. }))));
+    assert!(bad.next().await.is_none());
+});

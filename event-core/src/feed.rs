@@ -1,7 +1,9 @@
-//! Feeds: newest-first pages of events with an opaque keyset cursor.
+//! Feeds: pages of events, newest first (or oldest first), with an opaque keyset
+//! cursor.
 //!
-//! Pages are ordered by `(created_at, id)` descending and continue from a cursor
-//! (`(created_at, id) < cursor`), never an `OFFSET`, over indexes that start with the
+//! Pages are ordered by `(created_at, id)` descending (ascending for
+//! [`Feed::oldest_first`]) and continue from a cursor (`(created_at, id) < cursor`,
+//! or `>`), never an `OFFSET`, over indexes that start with the
 //! filtered column (`subject`, `actor`) and end with `(created_at, id)`. A page costs
 //! the same at the first event as at the millionth.
 
@@ -65,9 +67,9 @@ impl FromStr for Cursor {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Page {
-    /// The events, newest first.
+    /// The events, newest first (oldest first for [`Feed::oldest_first`]).
     pub events: Vec<Event>,
-    /// Where the next (older) page starts, or `None` when this was the last page.
+    /// Where the next page starts, or `None` when this was the last page.
     pub next: Option<Cursor>,
     /// Events of this page that are stored but could not be read (written by raw SQL
     /// or an older version of Herald): reported here, never failing the page. They
@@ -105,6 +107,7 @@ pub struct Feed {
     pub(crate) until: Option<DateTime<Utc>>,
     pub(crate) before: Option<Cursor>,
     pub(crate) limit: u32,
+    pub(crate) oldest_first: bool,
 }
 
 impl Feed {
@@ -118,18 +121,28 @@ impl Feed {
             until: None,
             before: None,
             limit: DEFAULT_LIMIT,
+            oldest_first: false,
         }
     }
 
-    /// Only events about `subject` (its audit trail).
-    pub fn subject(mut self, subject: &Subject) -> Self {
-        self.subject = Some(subject.clone());
+    /// Only events about `subject` (its audit trail): a [`Subject`] or a reference
+    /// to one, as [`record`](crate::Transaction::record) takes.
+    pub fn subject(mut self, subject: impl Into<Subject>) -> Self {
+        self.subject = Some(subject.into());
         self
     }
 
     /// Only events caused by `actor` (their activity feed).
-    pub fn actor(mut self, actor: &Actor) -> Self {
-        self.actor = Some(actor.clone());
+    pub fn actor(mut self, actor: impl Into<Actor>) -> Self {
+        self.actor = Some(actor.into());
+        self
+    }
+
+    /// Oldest first: an audit trail read from the beginning. Pages continue forward
+    /// from [`Page::next`] (passed to [`before`](Self::before), which continues in
+    /// the feed's own order).
+    pub fn oldest_first(mut self) -> Self {
+        self.oldest_first = true;
         self
     }
 
@@ -155,7 +168,9 @@ impl Feed {
         self
     }
 
-    /// Continues after `cursor` (from a previous [`Page::next`]).
+    /// Continues after `cursor` (from a previous [`Page::next`]), in the feed's
+    /// order: older events for a newest-first feed, newer ones for
+    /// [`oldest_first`](Self::oldest_first).
     pub fn before(mut self, cursor: Cursor) -> Self {
         self.before = Some(cursor);
         self
@@ -231,5 +246,67 @@ impl Feed {
             }
         }
         Ok(Page { events, next, unreadable })
+    }
+
+    /// Every page, one after another, each continuing from the one before; the
+    /// feed's limit is the page size.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> event_core::Result<()> {
+    /// # let store = event_core::Store::connect("sqlite::memory:").await?;
+    /// # store.migrate().await?;
+    /// use event_core::{Actor, Subject};
+    /// let doc = Subject::new("doc", 1);
+    /// let mut tx = store.begin().await?;
+    /// for action in ["created", "edited", "published"] {
+    ///     tx.record(&doc, action, Actor::system()).await?;
+    /// }
+    /// tx.commit().await?;
+    ///
+    /// let mut pages = store.feed().subject(&doc).oldest_first().limit(2).pages();
+    /// let mut trail = Vec::new();
+    /// while let Some(page) = pages.next().await {
+    ///     trail.extend(page?.events.into_iter().map(|e| e.action));
+    /// }
+    /// assert_eq!(trail, ["created", "edited", "published"]);
+    /// # Ok(()) }
+    /// ```
+    pub fn pages(self) -> Pages {
+        Pages { feed: Some(self) }
+    }
+
+    /// Every event of the feed, all pages fetched one after another (events that
+    /// cannot be read are left out, logged as in a page). For a trail of known,
+    /// bounded length; walk [`pages`](Self::pages) for a long one.
+    pub async fn all(self) -> Result<Vec<Event>> {
+        let mut pages = self.pages();
+        let mut events = Vec::new();
+        while let Some(page) = pages.next().await {
+            events.extend(page?.events);
+        }
+        Ok(events)
+    }
+}
+
+/// The pages of a feed, from [`Feed::pages`].
+#[derive(Debug)]
+#[must_use = "pages do nothing until fetched with `next`"]
+pub struct Pages {
+    /// The query of the next page; `None` once the last was fetched (or failed).
+    feed: Option<Feed>,
+}
+
+impl Pages {
+    /// The next page, or `None` after the last one. After an error, `None`.
+    pub async fn next(&mut self) -> Option<Result<Page>> {
+        let feed = self.feed.take()?;
+        let again = feed.clone();
+        match feed.fetch().await {
+            Ok(page) => {
+                self.feed = page.next.map(|c| again.before(c));
+                Some(Ok(page))
+            }
+            Err(e) => Some(Err(e)),
+        }
     }
 }

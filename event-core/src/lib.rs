@@ -63,7 +63,7 @@ pub mod transition;
 pub use action::{Action, ActionDeclaration};
 pub use dispatch::{BlockedKey, DeadLetter, Dispatcher, DispatcherBuilder, Drained, InboxStatus, OpenWriter};
 pub use error::{Error, Result};
-pub use feed::{Cursor, Feed, Page};
+pub use feed::{Cursor, Feed, Page, Pages};
 pub use inbox::{Context, InboxDef, InboxError, Key, Registry, Resources, StartFrom};
 pub use model::{
     Actor, Event, EventId, MAX_ID_BYTES, MAX_METADATA_DEPTH, MAX_NAME_BYTES, NewEvent, Subject, Unreadable,

@@ -443,7 +443,8 @@ where
         q.push(format_args!(" AND created_at {op} ")).push_bind(time(clamp(t)));
     }
     if let Some(c) = feed.before {
-        q.push(" AND (created_at, id) < (").push_bind(time(clamp(c.created_at()?)));
+        let op = if feed.oldest_first { ">" } else { "<" };
+        q.push(format_args!(" AND (created_at, id) {op} (")).push_bind(time(clamp(c.created_at()?)));
         q.push(", ").push_bind(c.id).push(")");
     }
     // The limit is written into the SQL, not bound: with `LIMIT $n` PostgreSQL's
@@ -453,7 +454,8 @@ where
     // filter combination has one index that serves it whatever the values (subject
     // or actor index, their third column covering time ranges and the cursor; the
     // time index otherwise). `limit` is a checked integer, at most 1,000.
-    q.push(format_args!(" ORDER BY created_at DESC, id DESC LIMIT {}", i64::from(feed.limit) + 1));
+    let order = if feed.oldest_first { "ASC" } else { "DESC" };
+    q.push(format_args!(" ORDER BY created_at {order}, id {order} LIMIT {}", i64::from(feed.limit) + 1));
     Ok(q)
 }
 
