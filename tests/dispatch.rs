@@ -235,7 +235,7 @@ backend_test!(follow_up_events_carry_causation, |store| async move {
     tx.commit().await.unwrap();
     d.drain().await.unwrap();
 
-    let trail = store.feed().subject(&Subject::new("cause", 1)).fetch().await.unwrap().events;
+    let trail = store.feed().subject(Subject::new("cause", 1)).fetch().await.unwrap().events;
     let assigned = trail.iter().find(|e| e.action == "assigned").expect("the inbox recorded a follow-up");
     assert_eq!((assigned.causation_id, assigned.correlation_id), (Some(root.id), root.id));
 });
@@ -563,7 +563,7 @@ backend_test!(inboxes_get_resources_and_a_missing_one_is_a_dead_letter, |store| 
         .unwrap();
     assert_eq!(store.retry_all_dead(Some("dispatch::res_greeter")).await.unwrap(), 1);
     assert_eq!(d.drain().await.unwrap().delivered, 1);
-    let trail = store.feed().subject(&Subject::new("res", 1)).actions(["greeted"]).fetch().await.unwrap().events;
+    let trail = store.feed().subject(Subject::new("res", 1)).actions(["greeted"]).fetch().await.unwrap().events;
     assert_eq!(trail[0].meta("text"), Some(&json!("hello world")));
     assert!(store.dead_letters(None).await.unwrap().letters.is_empty());
 });
@@ -759,7 +759,7 @@ backend_test!(an_inbox_that_triggers_itself_stops_at_the_causation_limit, |store
     tx.commit().await.unwrap();
     drain_until_settled(&d, 10).await;
 
-    let chain = store.feed().subject(&Subject::new("echo", 1)).limit(100).fetch().await.unwrap().events;
+    let chain = store.feed().subject(Subject::new("echo", 1)).limit(100).fetch().await.unwrap().events;
     assert_eq!(chain.len(), 5, "the root and 4 caused events, then the loop stops");
     assert!(chain.iter().all(|e| e.correlation_id == root.id), "one chain");
     let dead = store.dead_letters(None).await.unwrap().letters;

@@ -105,7 +105,7 @@ async fn check(store: &Store, d: &Dispatcher, meta: Map<String, Value>) -> Resul
             prop_assert_eq!(&event.metadata, &meta);
             let stored = store.event(event.id).await.unwrap().unwrap();
             prop_assert_eq!(&stored, &event, "read back as written");
-            let page = store.feed().subject(&Subject::new("fuzz", 1)).limit(1).fetch().await.unwrap();
+            let page = store.feed().subject(Subject::new("fuzz", 1)).limit(1).fetch().await.unwrap();
             prop_assert!(page.unreadable.is_empty());
             prop_assert_eq!(&page.events[0], &event, "listed by its feed");
             let drained = d.drain().await.unwrap();

@@ -96,7 +96,7 @@ backend_test!(extreme_numbers_read_back_exactly, |store| async move {
     for e in &recorded {
         assert_eq!(&store.event(e.id).await.unwrap().unwrap(), e, "{:?}", e.metadata);
     }
-    let page = store.feed().subject(&thing(2)).fetch().await.unwrap();
+    let page = store.feed().subject(thing(2)).fetch().await.unwrap();
     assert_eq!(page.events.len(), recorded.len());
 });
 
@@ -306,7 +306,7 @@ backend_test!(a_non_canonical_numeric_id_cannot_split_a_trail, |store| async mov
         let mut tx = store.begin().await.unwrap();
         OrderStatus::fire(&mut tx, Subject::new("order", n), OrderStatus::pay, Actor::system()).await.unwrap();
         tx.commit().await.unwrap();
-        assert_eq!(store.feed().subject(&Subject::new("order", n)).fetch().await.unwrap().events.len(), 1);
+        assert_eq!(store.feed().subject(Subject::new("order", n)).fetch().await.unwrap().events.len(), 1);
     }
     let all = store.feed().limit(1000).fetch().await.unwrap().events;
     for e in &all {
@@ -524,14 +524,14 @@ backend_test!(an_unreadable_stored_event_blocks_no_page_and_no_inbox, |store| as
 
     let read = store.event(poison).await;
     assert!(matches!(read, Err(Error::Corrupt { id, .. }) if id == poison.0), "{read:?}");
-    let page = store.feed().subject(&Subject::new("poison", 1)).fetch().await.unwrap();
+    let page = store.feed().subject(Subject::new("poison", 1)).fetch().await.unwrap();
     assert_eq!(page.events.iter().map(|e| e.id).collect::<Vec<_>>(), [after.id, before.id]);
     assert_eq!(page.unreadable.len(), 1);
     assert_eq!(page.unreadable[0].id, poison);
     // Paging across it: two pages of one row each, then the last.
-    let first = store.feed().subject(&Subject::new("poison", 1)).limit(2).fetch().await.unwrap();
+    let first = store.feed().subject(Subject::new("poison", 1)).limit(2).fetch().await.unwrap();
     let rest =
-        store.feed().subject(&Subject::new("poison", 1)).limit(2).before(first.next.unwrap()).fetch().await.unwrap();
+        store.feed().subject(Subject::new("poison", 1)).limit(2).before(first.next.unwrap()).fetch().await.unwrap();
     assert_eq!(first.events.len() + first.unreadable.len() + rest.events.len() + rest.unreadable.len(), 3);
 
     let drained = d.drain().await.unwrap();
@@ -694,7 +694,7 @@ backend_test!(lookups_with_unstorable_text_are_typed_errors, |store| async move 
     let nul = Subject::new("parcel", "1\0");
     let feed = store.feed().subject(&nul).fetch().await;
     assert!(matches!(feed, Err(Error::ContainsNul { .. })), "{feed:?}");
-    let feed = store.feed().actor(&Actor::new("user", "x".repeat(2000))).fetch().await;
+    let feed = store.feed().actor(Actor::new("user", "x".repeat(2000))).fetch().await;
     assert!(matches!(feed, Err(Error::TooLong { field: "actor id", .. })), "{feed:?}");
     let feed = store.feed().actions(["ma\0de"]).fetch().await;
     assert!(matches!(feed, Err(Error::ContainsNul { .. })), "{feed:?}");

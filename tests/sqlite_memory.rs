@@ -25,7 +25,7 @@ async fn in_memory_store_serializes_concurrent_writers() {
     for t in tasks {
         t.await.unwrap().unwrap();
     }
-    let page = |n| store.feed().subject(&Subject::new("page", n)).limit(100).fetch();
+    let page = |n| store.feed().subject(Subject::new("page", n)).limit(100).fetch();
     assert_eq!(page(1).await.unwrap().events.len(), 1, "throttled to one");
     assert_eq!(page(2).await.unwrap().events.len(), 16, "every writer committed");
 }

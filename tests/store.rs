@@ -122,8 +122,8 @@ backend_test!(rolled_back_events_reach_no_feed, |store| async move {
     kept.commit().await.unwrap();
     tx.commit().await.unwrap();
 
-    let by_subject = store.feed().subject(&ticket(1)).fetch().await.unwrap();
-    let by_actor = store.feed().actor(&alice()).fetch().await.unwrap();
+    let by_subject = store.feed().subject(ticket(1)).fetch().await.unwrap();
+    let by_actor = store.feed().actor(alice()).fetch().await.unwrap();
     let everything = store.feed().fetch().await.unwrap();
     for page in [by_subject, by_actor, everything] {
         let actions: Vec<_> = page.events.iter().map(|e| e.action.as_str()).collect();
@@ -209,7 +209,7 @@ backend_test!(throttle_skips_duplicates_within_the_window, |store| async move {
     let later = tx.record(ticket(1), "viewed", alice()).throttle(window).metadata(json!({"n": 2})).await.unwrap();
     tx.commit().await.unwrap();
     assert_eq!(later.expect("window passed").meta("n"), Some(&json!(2)));
-    let views = store.feed().subject(&ticket(1)).actions(["viewed"]).fetch().await.unwrap();
+    let views = store.feed().subject(ticket(1)).actions(["viewed"]).fetch().await.unwrap();
     assert_eq!(views.events.len(), 2);
 });
 
@@ -237,7 +237,7 @@ backend_test!(concurrent_throttled_records_write_exactly_one, |store| async move
             written += usize::from(t.await.unwrap().unwrap());
         }
         assert_eq!(written, 1, "round {round}: exactly one task records");
-        let page = store.feed().subject(&ticket(100 + round)).fetch().await.unwrap();
+        let page = store.feed().subject(ticket(100 + round)).fetch().await.unwrap();
         assert_eq!(page.events.len(), 1, "round {round}: exactly one row");
     }
     // PostgreSQL serializes on a lock row per (subject, action); committed transactions
@@ -283,16 +283,16 @@ backend_test!(feed_filters_combine, |store| async move {
     let actions =
         |page: herald::Page| page.events.iter().map(|e| format!("{}/{}", e.subject.id, e.action)).collect::<Vec<_>>();
     let feed = || store.feed();
-    assert_eq!(actions(feed().subject(&ticket(1)).fetch().await.unwrap()), ["1/closed", "1/commented", "1/opened"]);
+    assert_eq!(actions(feed().subject(ticket(1)).fetch().await.unwrap()), ["1/closed", "1/commented", "1/opened"]);
     assert_eq!(actions(feed().actor(&bob).fetch().await.unwrap()), ["2/opened", "1/commented"]);
     assert_eq!(actions(feed().actions(["opened"]).fetch().await.unwrap()), ["2/opened", "1/opened"]);
     assert_eq!(actions(feed().since(split).fetch().await.unwrap()), ["2/commented", "1/closed"]);
-    assert_eq!(actions(feed().until(split).actor(&alice()).fetch().await.unwrap()), ["1/opened"]);
+    assert_eq!(actions(feed().until(split).actor(alice()).fetch().await.unwrap()), ["1/opened"]);
     assert_eq!(
-        actions(feed().subject(&ticket(1)).actor(&alice()).actions(["opened", "closed"]).fetch().await.unwrap()),
+        actions(feed().subject(ticket(1)).actor(alice()).actions(["opened", "closed"]).fetch().await.unwrap()),
         ["1/closed", "1/opened"]
     );
-    assert!(feed().subject(&ticket(3)).fetch().await.unwrap().events.is_empty());
+    assert!(feed().subject(ticket(3)).fetch().await.unwrap().events.is_empty());
 });
 
 backend_test!(pagination_walks_every_event_once_while_recording, |store| async move {
@@ -313,13 +313,13 @@ backend_test!(pagination_walks_every_event_once_while_recording, |store| async m
             }
         })
     };
-    let first = store.feed().actor(&alice()).limit(20).fetch().await.unwrap();
+    let first = store.feed().actor(alice()).limit(20).fetch().await.unwrap();
     let mut seen: Vec<_> = first.events.clone();
     let mut next = first.next;
     while let Some(cursor) = next {
         // The cursor travels as opaque text, as it would through an API.
         let cursor: herald::Cursor = cursor.to_string().parse().unwrap();
-        let page = store.feed().actor(&alice()).limit(20).before(cursor).fetch().await.unwrap();
+        let page = store.feed().actor(alice()).limit(20).before(cursor).fetch().await.unwrap();
         assert!(page.events.len() <= 20);
         seen.extend(page.events);
         next = page.next;
@@ -373,9 +373,9 @@ backend_test!(feed_pages_run_on_indexes, |store| async move {
     let cursor = store.feed().limit(1000).fetch().await.unwrap().next.unwrap();
 
     let feeds = [
-        ("herald_events_subject", store.feed().subject(&ticket(7)).limit(20)),
-        ("herald_events_subject", store.feed().subject(&ticket(7)).limit(20).before(cursor)),
-        ("herald_events_actor", store.feed().actor(&Actor::new("user", 3)).limit(20).before(cursor)),
+        ("herald_events_subject", store.feed().subject(ticket(7)).limit(20)),
+        ("herald_events_subject", store.feed().subject(ticket(7)).limit(20).before(cursor)),
+        ("herald_events_actor", store.feed().actor(Actor::new("user", 3)).limit(20).before(cursor)),
         ("herald_events_time", store.feed().limit(20).before(cursor)),
         // Oldest first: the same indexes, walked backward.
         ("herald_events_subject", store.feed().subject(ticket(7)).oldest_first().limit(20)),
