@@ -120,6 +120,18 @@ pub enum Error {
     #[error(transparent)]
     InvalidTransition(#[from] crate::state_machine::InvalidTransition),
 
+    /// An event fired by name (from a form, an API) that the machine does not have.
+    /// Nothing was written.
+    #[error("unknown event `{name}` for {subject}; its events are {}", events.join(", "))]
+    UnknownEvent {
+        /// The subject type of the machine.
+        subject: &'static str,
+        /// The name that was given.
+        name: String,
+        /// Every event of the machine, in declaration order.
+        events: Vec<&'static str>,
+    },
+
     /// The subject left the transition's `from` state between the read and the
     /// compare-and-swap: someone else moved it first. Nothing was written.
     #[error("stale state: {subject} is no longer `{expected}`; another transition moved it first")]

@@ -71,6 +71,7 @@ pub use model::{
 pub use record::{Record, Throttled};
 pub use state_machine::{InvalidTransition, StateMachine, Transition, UnknownState};
 pub use store::{Backend, Connection, DeadLetterPage, DeadLetters, Store, Transaction};
+pub use transition::Fired;
 
 #[doc(hidden)]
 pub mod __private {

@@ -151,7 +151,8 @@ pub trait StateMachine: Copy + Eq + fmt::Debug + Send + Sync + Sized + 'static {
     ///
     /// Awaiting it compares-and-swaps the stored state (it must still be the
     /// transition's `from`) and records one `status_changed` event with
-    /// `{"from", "to", "event"}` merged into the caller's metadata, atomically, in `tx`.
+    /// `{"from", "to", "event"}` merged into the caller's metadata, atomically, in `tx`;
+    /// it returns the [`Fired`](crate::transition::Fired) transition with that event.
     fn fire<'t, 'c>(
         tx: &'t mut crate::Transaction<'c>,
         subject: impl Into<Subject>,
@@ -159,6 +160,19 @@ pub trait StateMachine: Copy + Eq + fmt::Debug + Send + Sync + Sized + 'static {
         actor: impl Into<Actor>,
     ) -> crate::transition::Fire<'t, 'c, Self> {
         crate::transition::fire(tx, subject, event, actor)
+    }
+
+    /// Starts a persisted transition by the event's name, from a form or an API:
+    /// `IssueStatus::fire_named(&mut tx, subject, "start", &actor)`. A name the
+    /// machine does not have fails with [`Error::UnknownEvent`](crate::Error::UnknownEvent)
+    /// (listing its events), one it has as [`fire`](Self::fire) does.
+    fn fire_named<'t, 'c>(
+        tx: &'t mut crate::Transaction<'c>,
+        subject: impl Into<Subject>,
+        event: &str,
+        actor: impl Into<Actor>,
+    ) -> crate::transition::Fire<'t, 'c, Self> {
+        crate::transition::fire_named(tx, subject, event, actor)
     }
 
     /// Persists a transition computed beforehand (optimistic concurrency): fails with

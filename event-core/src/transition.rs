@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::action::STATUS_CHANGED;
 use crate::error::{Error, Result};
-use crate::model::{Actor, NewEvent, Subject};
+use crate::model::{Actor, Event, NewEvent, Subject};
 use crate::state_machine::{GuardInput, InvalidTransition, StateMachine, Storage, Transition, UnknownState};
 use crate::store::Transaction;
 
@@ -33,6 +33,19 @@ pub fn fire<'t, 'c, S: StateMachine>(
     Fire { tx, source: Source::Event(event), record: NewEvent::new(subject, STATUS_CHANGED, actor) }
 }
 
+/// Starts a persisted transition of `subject` by the event named `event` (from a
+/// form or an API): [`Error::UnknownEvent`] if the machine has no such event.
+///
+/// Usually called as `IssueStatus::fire_named(&mut tx, subject, "start", &actor)`.
+pub fn fire_named<'t, 'c, S: StateMachine>(
+    tx: &'t mut Transaction<'c>,
+    subject: impl Into<Subject>,
+    event: &str,
+    actor: impl Into<Actor>,
+) -> Fire<'t, 'c, S> {
+    Fire { tx, source: Source::Named(event.to_owned()), record: NewEvent::new(subject, STATUS_CHANGED, actor) }
+}
+
 /// Starts persisting a transition computed beforehand, e.g. from a state loaded with
 /// the subject: `IssueStatus::apply(&mut tx, subject, loaded.start()?, &actor)`.
 ///
@@ -49,10 +62,33 @@ pub fn apply<'t, 'c, S: StateMachine>(
 
 /// Where the transition comes from: an event fired from the stored state, or a
 /// transition the caller computed.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Source<S: 'static> {
     Event(EventFn<S>),
+    Named(String),
     Known(Transition<S>),
+}
+
+/// A persisted transition: the transition, and the `status_changed` event it
+/// recorded (for [`caused_by`](crate::Record::caused_by), logs, a reply).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Fired<S> {
+    /// The event that fired, e.g. `"start"`.
+    pub event: &'static str,
+    /// The state before.
+    pub from: S,
+    /// The state after.
+    pub to: S,
+    /// The `status_changed` event recorded with it.
+    pub recorded: Event,
+}
+
+impl<S: Copy> Fired<S> {
+    /// The transition alone.
+    pub fn transition(&self) -> Transition<S> {
+        Transition { event: self.event, from: self.from, to: self.to }
+    }
 }
 
 /// A pending persisted transition; see [`fire`] and [`apply`].
@@ -78,7 +114,7 @@ impl<S: StateMachine> Fire<'_, '_, S> {
         self
     }
 
-    async fn run(self) -> Result<Transition<S>> {
+    async fn run(self) -> Result<Fired<S>> {
         let Fire { tx, source, mut record } = self;
         if record.subject.kind != S::SUBJECT {
             return Err(Error::WrongSubject { expected: S::SUBJECT, given: record.subject.kind });
@@ -87,6 +123,13 @@ impl<S: StateMachine> Fire<'_, '_, S> {
         check_storage(S::STORAGE)?;
         let transition = match source {
             Source::Event(event) => event(tx.state::<S>(&record.subject).await?)?,
+            Source::Named(name) => {
+                let Some(rule) = S::rule(&name) else {
+                    let events = S::TRANSITIONS.iter().map(|r| r.event).collect();
+                    return Err(Error::UnknownEvent { subject: S::SUBJECT, name, events });
+                };
+                tx.state::<S>(&record.subject).await?.fire_event(rule.event)?
+            }
             Source::Known(t) => t.from.fire_event(t.event)?,
         };
         if let Some(guard) = S::rule(transition.event).and_then(|rule| rule.guard) {
@@ -113,14 +156,17 @@ impl<S: StateMachine> Fire<'_, '_, S> {
             initial: S::INITIAL.name(),
         };
         match tx.swap_state(swap, record).await? {
-            Some(_) => Ok(transition),
+            Some(recorded) => {
+                let Transition { event, from, to } = transition;
+                Ok(Fired { event, from, to, recorded })
+            }
             None => Err(Error::StaleState { subject, expected: transition.from.name() }),
         }
     }
 }
 
 impl<'t, 'c, S: StateMachine> IntoFuture for Fire<'t, 'c, S> {
-    type Output = Result<Transition<S>>;
+    type Output = Result<Fired<S>>;
     type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send + 't>>;
 
     fn into_future(self) -> Self::IntoFuture {
