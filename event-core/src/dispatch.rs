@@ -1300,8 +1300,34 @@ impl Dispatcher {
     /// taking work, lets in-flight deliveries finish (for up to
     /// [`DispatcherBuilder::shutdown_timeout`]; those still running are cancelled, to
     /// be made again), and releases its leases.
+    ///
+    /// A database that cannot be reached at start is waited for (with backoff from
+    /// 100 ms to 5 s, each failure logged with its reason) until it answers or
+    /// `shutdown` completes; pair it with [`Store::connect_lazy`] so a worker can
+    /// start before its database. Other errors at start are returned.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
-        self.start().await?;
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let error = tokio::select! {
+                started = self.start() => match started {
+                    Ok(()) => break,
+                    Err(e @ Error::Database(_)) => e,
+                    Err(e) => return Err(e),
+                },
+                () = &mut shutdown => return Ok(()),
+            };
+            tracing::warn!(
+                error = %crate::error::chain(&error),
+                retry_in = ?delay,
+                "herald: the database cannot be reached; the dispatcher waits for it"
+            );
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = &mut shutdown => return Ok(()),
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut tasks: Vec<JoinHandle<()>> = Vec::new();
         for def in self.inner.registry.iter() {
@@ -1408,6 +1434,9 @@ impl Dispatcher {
             .started
             .get_or_try_init(|| async {
                 let store = &self.inner.store;
+                // A server that is down fails this at once with its reason (a pool
+                // waits for its acquire timeout, then says only "pool timed out").
+                store.reachable().await?;
                 store.check_transaction_ids().await?;
                 let view = store.view().await?;
                 self.adopt_moved_and_renamed().await?;

@@ -152,6 +152,29 @@ impl Store {
         }
     }
 
+    /// Like [`connect`](Self::connect), but a PostgreSQL store connects on first use:
+    /// it is made even while the server is down (a worker started before its
+    /// database; [`Dispatcher::run`](crate::Dispatcher::run) waits for it). Only the
+    /// URL is checked here. SQLite needs no server: this is `connect`.
+    pub async fn connect_lazy(url: &str) -> Result<Self> {
+        if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let opts = PgConnectOptions::from_str(url)?;
+            Ok(Store::from_postgres(PgPoolOptions::new().max_connections(10).connect_lazy_with(opts)))
+        } else {
+            Self::connect(url).await
+        }
+    }
+
+    /// Whether the database answers: one new connection, opened and closed
+    /// (PostgreSQL), failing at once with the server's reason when it cannot.
+    pub(crate) async fn reachable(&self) -> Result<()> {
+        if let Pool::Postgres(p) = &self.pool {
+            let opts = p.connect_options();
+            sqlx::Connection::close(<PgConnection as sqlx::Connection>::connect_with(&opts).await?).await?;
+        }
+        Ok(())
+    }
+
     /// A store over an existing SQLite pool (its options are yours to choose; WAL and
     /// a busy timeout are recommended).
     pub fn from_sqlite(pool: SqlitePool) -> Self {
