@@ -22,10 +22,11 @@
 
 pub use event_core::{
     Action, Actor, Backend, BlockedKey, Connection, Context, Cursor, DeadLetter, DeadLetterPage, DeadLetters,
-    Dispatcher, DispatcherBuilder, Drained, Error, Event, EventId, Feed, Fired, InboxDef, InboxError, InboxStatus,
-    InvalidTransition, Key, MAX_ID_BYTES, MAX_METADATA_DEPTH, MAX_NAME_BYTES, NewEvent, OpenWriter, Page, Pages,
-    Record, Registry, Resources, Result, StartFrom, StateMachine, Store, Subject, Throttled, Transaction, Transition,
-    UnknownState, Unreadable, action, declare_actions, dispatch, feed, inbox, state_machine, transition,
+    Dispatcher, DispatcherBuilder, Drained, Error, Event, EventId, Feed, Fired, Idempotent, InboxDef, InboxError,
+    InboxStatus, InvalidTransition, Key, MAX_ID_BYTES, MAX_METADATA_DEPTH, MAX_NAME_BYTES, NewEvent, OpenWriter, Page,
+    Pages, Record, Recorded, Registry, Resources, Result, StartFrom, StateMachine, Store, Subject, Throttled,
+    Transaction, Transition, UnknownState, Unreadable, action, declare_actions, dispatch, feed, inbox, state_machine,
+    transition,
 };
 
 /// Derives [`StateMachine`](trait@StateMachine) for an enum of unit variants: the

@@ -1281,3 +1281,44 @@ backend_test!(dead_letters_come_in_pages, |store| async move {
     let err = store.dead_letters(None).limit(1001).await.unwrap_err();
     assert!(matches!(err, herald::Error::InvalidLimit { got: 1001, .. }), "{err:?}");
 });
+
+/// `(subject id, delivery id, attempt)` of every run of `did_flaky` (the subject id
+/// names the backend: both tests may share this process).
+static DELIVERY_IDS: std::sync::Mutex<Vec<(String, String, u32)>> = std::sync::Mutex::new(Vec::new());
+
+#[inbox(subject = "did", backoff = "5ms", max_attempts = 5)]
+async fn did_flaky(event: &Event, cx: &Context) -> Result<(), InboxError> {
+    DELIVERY_IDS.lock().unwrap().push((event.subject.id.clone(), cx.delivery_id(), cx.attempt()));
+    // What an external API would dedupe on: recording with the delivery id makes the
+    // effect happen once, whichever attempt gets through.
+    let mut tx = cx.store().begin().await?;
+    tx.record(Subject::new("did_effect", event.subject.id.clone()), "sent", Actor::system())
+        .idempotency_key(cx.delivery_id())
+        .await?;
+    tx.commit().await?;
+    if cx.attempt() < 3 { Err(InboxError::retry("the API timed out after sending")) } else { Ok(()) }
+}
+
+// A handler calling an external API had nothing stable to send as its
+// Idempotency-Key: the delivery id is the same on every attempt.
+backend_test!(a_delivery_id_is_the_same_on_every_attempt, |store| async move {
+    let d = dispatcher(&store, "did_").await;
+    d.drain().await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    let e =
+        tx.record(Subject::new("did", format!("{:?}", store.backend())), "happened", Actor::system()).await.unwrap();
+    tx.commit().await.unwrap();
+    drain_until_settled(&d, 10).await;
+    let expected = format!("herald:dispatch::did_flaky:{}", e.id.0);
+    let mine: Vec<(String, u32)> =
+        DELIVERY_IDS.lock().unwrap().iter().filter(|r| r.0 == e.subject.id).map(|r| (r.1.clone(), r.2)).collect();
+    assert_eq!(mine, [(expected.clone(), 1), (expected.clone(), 2), (expected, 3)], "three attempts, one delivery id");
+    let effects = store
+        .feed()
+        .subject(Subject::new("did_effect", format!("{:?}", store.backend())))
+        .fetch()
+        .await
+        .unwrap()
+        .events;
+    assert_eq!(effects.len(), 1, "the effect happened once");
+});

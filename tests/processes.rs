@@ -291,12 +291,22 @@ async fn killed_workers_and_a_server_restart_lose_nothing_postgres() {
         }
         // Killed while the round's deliveries are in flight.
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let victim = kills % workers.len();
-        let held: Vec<String> = sqlx::query_scalar("SELECT name FROM herald_inboxes WHERE lease_owner LIKE $1 || '-%'")
-            .bind(&names[victim])
-            .fetch_all(store.postgres_pool().unwrap())
-            .await
-            .unwrap();
+        // The victim: the next in turn that holds a lease (one holding none would
+        // test no takeover; lingering leases are spread unevenly).
+        let mut victim = kills % workers.len();
+        let mut held: Vec<String> = Vec::new();
+        for turn in 0..workers.len() {
+            let candidate = (kills + turn) % workers.len();
+            held = sqlx::query_scalar("SELECT name FROM herald_inboxes WHERE lease_owner LIKE $1 || '-%'")
+                .bind(&names[candidate])
+                .fetch_all(store.postgres_pool().unwrap())
+                .await
+                .unwrap();
+            victim = candidate;
+            if !held.is_empty() {
+                break;
+            }
+        }
         kill_times.push(chrono::Utc::now());
         workers.remove(victim).kill();
         victims.push((Instant::now(), names[victim].clone(), held));

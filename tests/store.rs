@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use herald::prelude::*;
-use herald::{Error, NewEvent};
+use herald::{Error, NewEvent, Recorded};
 use serde_json::json;
 
 use common::{count_events, execute};
@@ -464,4 +464,70 @@ backend_test!(a_trail_reads_oldest_first_page_by_page, |store| async move {
     let mut bad = store.feed().subject(&doc).limit(0).pages();
     assert!(matches!(bad.next().await, Some(Err(Error::InvalidLimit { .. }))));
     assert!(bad.next().await.is_none());
+});
+
+// A request retried by a client, or a webhook delivered twice, recorded its event
+// twice: nothing made "once" possible. An idempotency key does, race-free.
+backend_test!(one_event_per_idempotency_key_even_under_racing_writers, |store| async move {
+    let order = Subject::new("order", 1);
+    let racers = (0..16).map(|n| {
+        let (store, order) = (store.clone(), order.clone());
+        tokio::spawn(async move {
+            let mut tx = store.begin().await.unwrap();
+            let got = tx
+                .record(&order, "paid", Actor::new("user", n))
+                .idempotency_key("stripe:evt_1")
+                .metadata(serde_json::json!({ "writer": n }))
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+            got
+        })
+    });
+    let mut outcomes = Vec::new();
+    for r in racers.collect::<Vec<_>>() {
+        outcomes.push(r.await.unwrap());
+    }
+    let new: Vec<&Recorded> = outcomes.iter().filter(|o| matches!(o, Recorded::New(_))).collect();
+    assert_eq!(new.len(), 1, "{outcomes:?}");
+    let id = new[0].id();
+    assert!(outcomes.iter().all(|o| o.id() == id), "every writer gets the one event's id: {outcomes:?}");
+    assert_eq!(count_events(&store).await, 1);
+
+    // Inside record_all, with a key twice and one already used: their ids, in order.
+    let mut tx = store.begin().await.unwrap();
+    let ids = tx
+        .record_all([
+            NewEvent::new(&order, "shipped", Actor::system()).idempotency_key("ship:1"),
+            NewEvent::new(&order, "noted", Actor::system()),
+            NewEvent::new(&order, "shipped", Actor::system()).idempotency_key("ship:1"),
+            NewEvent::new(&order, "paid", Actor::system()).idempotency_key("stripe:evt_1"),
+        ])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!((ids[2], ids[3]), (ids[0], id));
+    assert_ne!(ids[0], ids[1]);
+    assert_eq!(count_events(&store).await, 3);
+
+    // Rolled back, the key is free again.
+    let mut tx = store.begin().await.unwrap();
+    let gone = tx.record(&order, "refunded", Actor::system()).idempotency_key("refund:1").await.unwrap();
+    assert!(matches!(gone, Recorded::New(_)));
+    tx.rollback().await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    let kept = tx.record(&order, "refunded", Actor::system()).idempotency_key("refund:1").await.unwrap();
+    tx.commit().await.unwrap();
+    assert!(matches!(kept, Recorded::New(_)), "{kept:?}");
+
+    // A key that cannot be stored is refused, nothing written.
+    let mut tx = store.begin().await.unwrap();
+    let err = tx.record(&order, "paid", Actor::system()).idempotency_key("").await.unwrap_err();
+    assert!(matches!(err, Error::EmptyIdempotencyKey), "{err:?}");
+    let err = tx.record(&order, "paid", Actor::system()).idempotency_key("a\0b").await.unwrap_err();
+    assert!(matches!(err, Error::ContainsNul { .. }), "{err:?}");
+    let err = tx.record(&order, "paid", Actor::system()).idempotency_key("k".repeat(2000)).await.unwrap_err();
+    assert!(matches!(err, Error::TooLong { .. }), "{err:?}");
+    tx.commit().await.unwrap();
+    assert_eq!(count_events(&store).await, 4);
 });

@@ -1309,13 +1309,13 @@ impl Dispatcher {
         let mut shutdown = std::pin::pin!(shutdown);
         let mut delay = Duration::from_millis(100);
         loop {
-            let error = tokio::select! {
-                started = self.start() => match started {
-                    Ok(()) => break,
-                    Err(e @ Error::Database(_)) => e,
-                    Err(e) => return Err(e),
-                },
-                () = &mut shutdown => return Ok(()),
+            // Each attempt runs to its end, even with shutdown asked meanwhile: a run
+            // stopped at once still registers its inboxes (an unreachable server
+            // fails the attempt at once).
+            let error = match self.start().await {
+                Ok(()) => break,
+                Err(e @ Error::Database(_)) => e,
+                Err(e) => return Err(e),
             };
             tracing::warn!(
                 error = %crate::error::chain(&error),

@@ -10,6 +10,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// An idempotency key was an empty string.
+    #[error("an idempotency key must not be empty")]
+    EmptyIdempotencyKey,
+
     /// The subject's type was an empty string.
     #[error("subject type must not be empty (for example Subject::new(\"issue\", 42))")]
     EmptySubjectType,

@@ -352,6 +352,15 @@ impl Context {
         self.attempt
     }
 
+    /// This delivery's id, the same on every attempt, in every process and after a
+    /// crash (`herald:{inbox}:{event id}`): send it as the `Idempotency-Key` of an
+    /// external API, or record with it
+    /// ([`Record::idempotency_key`](crate::Record::idempotency_key)), so a delivery
+    /// made twice (at least once) has its effect once.
+    pub fn delivery_id(&self) -> String {
+        format!("herald:{}:{}", self.inbox, self.trigger.id.0)
+    }
+
     /// The event being delivered.
     pub fn event(&self) -> &Event {
         &self.trigger

@@ -68,7 +68,7 @@ pub use inbox::{Context, InboxDef, InboxError, Key, Registry, Resources, StartFr
 pub use model::{
     Actor, Event, EventId, MAX_ID_BYTES, MAX_METADATA_DEPTH, MAX_NAME_BYTES, NewEvent, Subject, Unreadable,
 };
-pub use record::{Record, Throttled};
+pub use record::{Idempotent, Record, Recorded, Throttled};
 pub use state_machine::{InvalidTransition, StateMachine, Transition, UnknownState};
 pub use store::{Backend, Connection, DeadLetterPage, DeadLetters, Store, Transaction};
 pub use transition::Fired;

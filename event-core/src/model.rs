@@ -155,6 +155,8 @@ pub struct NewEvent {
     pub(crate) metadata: Map<String, Value>,
     pub(crate) causation_id: Option<EventId>,
     pub(crate) correlation_id: Option<EventId>,
+    /// At most one event per key is ever recorded.
+    pub(crate) idempotency_key: Option<String>,
     /// First error met while building; reported when recorded.
     pub(crate) invalid: Option<BuildError>,
 }
@@ -176,8 +178,18 @@ impl NewEvent {
             metadata: Map::new(),
             causation_id: None,
             correlation_id: None,
+            idempotency_key: None,
             invalid: None,
         }
+    }
+
+    /// Makes the record idempotent: if an event with this key was recorded before
+    /// (ever, by anyone), nothing is written and the earlier event's id is given back
+    /// ([`Record::idempotency_key`](crate::Record::idempotency_key); in
+    /// [`record_all`](crate::Transaction::record_all), its id in the list).
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
     }
 
     /// Sets the metadata; it must serialize to a JSON object.
@@ -223,6 +235,12 @@ impl NewEvent {
         check_actor(&self.actor)?;
         check_action(&self.action)?;
         check_metadata(&self.metadata)?;
+        if let Some(key) = &self.idempotency_key {
+            if key.is_empty() {
+                return Err(Error::EmptyIdempotencyKey);
+            }
+            check_text("idempotency key", key, MAX_ID_BYTES)?;
+        }
         crate::action::check(&self.subject.kind, &self.action)
     }
 

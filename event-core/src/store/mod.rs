@@ -743,6 +743,20 @@ impl<'c> Transaction<'c> {
         self.track(inserted)
     }
 
+    /// Writes `event` unless an event with its idempotency key exists.
+    pub(crate) async fn insert_idempotent(&mut self, event: NewEvent) -> Result<crate::Recorded> {
+        event.validate()?;
+        let event = self.caused(event);
+        self.check_ids().await?;
+        self.check_cause_depth(&[&event]).await?;
+        self.recorded.store(true, Ordering::Relaxed);
+        let inserted = match &mut self.inner {
+            TxInner::Sqlite(tx) => sqlite::insert_idempotent(tx, event).await,
+            TxInner::Postgres(tx) => postgres::insert_idempotent(tx, event).await,
+        };
+        self.track(inserted)
+    }
+
     /// Writes `event` unless one with the same subject and action exists within
     /// `window`. A window reaching back before the year 1 means "ever".
     pub(crate) async fn insert_throttled(&mut self, event: NewEvent, window: Duration) -> Result<Option<Event>> {
@@ -817,6 +831,18 @@ impl<'c> Transaction<'c> {
         self.check_ids().await?;
         self.check_cause_depth(&events.iter().collect::<Vec<_>>()).await?;
         self.recorded.store(true, Ordering::Relaxed);
+        if events.iter().any(|e| e.idempotency_key.is_some()) {
+            // Keyed: one statement each, so a duplicate resolves to its event's id.
+            let mut ids = Vec::with_capacity(events.len());
+            for event in events {
+                let inserted = match &mut self.inner {
+                    TxInner::Sqlite(tx) => sqlite::insert_idempotent(tx, event).await,
+                    TxInner::Postgres(tx) => postgres::insert_idempotent(tx, event).await,
+                };
+                ids.push(self.track(inserted)?.id());
+            }
+            return Ok(ids);
+        }
         let inserted = match &mut self.inner {
             TxInner::Sqlite(tx) => sqlite::insert_all(tx, &events).await,
             TxInner::Postgres(tx) => postgres::insert_all(tx, &events).await,

@@ -67,6 +67,27 @@ pub(super) async fn insert(conn: &mut PgConnection, event: NewEvent) -> Result<E
     Ok(event.into_event(EventId(id), created_at))
 }
 
+/// The unique index decides: a racing writer of the same key waits for the first to
+/// commit, then does nothing; a fresh statement then reads the winner's id.
+pub(super) async fn insert_idempotent(conn: &mut PgConnection, event: NewEvent) -> Result<crate::Recorded> {
+    let created_at = now();
+    let insert = sqlx::query(
+        "INSERT INTO herald_events (subject_type, subject_id, actor_type, actor_id, action, metadata, \
+         created_at, causation_id, correlation_id, idempotency_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+         ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING id",
+    );
+    let key = event.idempotency_key.clone();
+    let row = bind_event(insert, &event, created_at).bind(&key).fetch_optional(&mut *conn).await?;
+    if let Some(row) = row {
+        return Ok(crate::Recorded::New(event.into_event(EventId(row.try_get(0)?), created_at)));
+    }
+    let id: i64 = sqlx::query_scalar("SELECT id FROM herald_events WHERE idempotency_key = $1")
+        .bind(&key)
+        .fetch_one(conn)
+        .await?;
+    Ok(crate::Recorded::Existing(EventId(id)))
+}
+
 /// Two statements: the upsert takes a row lock on `(subject, action)` in
 /// `herald_throttle` that a concurrent throttled record waits on until this
 /// transaction ends; the insert, a fresh statement with a fresh snapshot, then sees

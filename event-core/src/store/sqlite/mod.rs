@@ -83,6 +83,26 @@ pub(super) async fn insert(conn: &mut SqliteConnection, event: NewEvent) -> Resu
     Ok(event.into_event(EventId(done.last_insert_rowid()), created_at))
 }
 
+/// The transaction holds SQLite's write lock: the check and the insert cannot
+/// interleave with another writer's.
+pub(super) async fn insert_idempotent(conn: &mut SqliteConnection, event: NewEvent) -> Result<crate::Recorded> {
+    let created_at = now();
+    let key = event.idempotency_key.clone();
+    let existing: Option<i64> = sqlx::query_scalar("SELECT id FROM herald_events WHERE idempotency_key = ?")
+        .bind(&key)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if let Some(id) = existing {
+        return Ok(crate::Recorded::Existing(EventId(id)));
+    }
+    let insert = sqlx::query(
+        "INSERT INTO herald_events (subject_type, subject_id, actor_type, actor_id, action, metadata, \
+         created_at, causation_id, correlation_id, idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    );
+    let done = bind_event(insert, &event, created_at).bind(&key).execute(conn).await?;
+    Ok(crate::Recorded::New(event.into_event(EventId(done.last_insert_rowid()), created_at)))
+}
+
 /// The transaction already holds SQLite's write lock (`BEGIN IMMEDIATE`), so the
 /// check and the insert cannot interleave with another writer's.
 pub(super) async fn insert_throttled(
