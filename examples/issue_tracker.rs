@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use herald::prelude::*;
+use herald::sqlx;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -62,27 +63,6 @@ enum IssueAction {
     Viewed,
 }
 
-/// Runs one statement on a Herald transaction, on either backend (`$1` placeholders
-/// work on both).
-macro_rules! exec {
-    ($tx:expr, $sql:literal $(, $arg:expr)* $(,)?) => {
-        match $tx.connection() {
-            herald::Connection::Sqlite(c) => sqlx::query($sql)$(.bind($arg))*.execute(c).await.map(|r| r.rows_affected()),
-            herald::Connection::Postgres(c) => sqlx::query($sql)$(.bind($arg))*.execute(c).await.map(|r| r.rows_affected()),
-        }
-    };
-}
-
-/// Fetches rows as tuples, on either backend.
-macro_rules! fetch {
-    ($tx:expr, $ty:ty, $sql:literal $(, $arg:expr)* $(,)?) => {
-        match $tx.connection() {
-            herald::Connection::Sqlite(c) => sqlx::query_as::<_, $ty>($sql)$(.bind($arg))*.fetch_all(c).await,
-            herald::Connection::Postgres(c) => sqlx::query_as::<_, $ty>($sql)$(.bind($arg))*.fetch_all(c).await,
-        }
-    };
-}
-
 const SCHEMA: [&str; 4] = [
     "CREATE TABLE issues (id BIGINT PRIMARY KEY, title TEXT NOT NULL, status TEXT NOT NULL, \
      assignee TEXT, external_id TEXT)",
@@ -105,13 +85,12 @@ struct Mailer;
 impl Mailer {
     async fn send(&self, cx: &Context, to: &str, subject: &str) -> Result<(), InboxError> {
         let mut tx = cx.store().begin().await?;
-        exec!(
-            tx,
-            "INSERT INTO emails (seq, to_user, subject) VALUES ($1, $2, $3)",
-            SEQ.fetch_add(1, Ordering::SeqCst),
-            to,
-            subject
-        )?;
+        tx.query("INSERT INTO emails (seq, to_user, subject) VALUES ($1, $2, $3)")
+            .bind(SEQ.fetch_add(1, Ordering::SeqCst))
+            .bind(to)
+            .bind(subject)
+            .execute()
+            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -135,8 +114,11 @@ async fn email_notifications(event: &Event, cx: &Context) -> Result<(), InboxErr
     let mailer = cx.resource::<Mailer>()?;
     let issue: i64 = event.subject.id.parse().map_err(|_| InboxError::give_up("issue ids are integers"))?;
     let mut tx = cx.store().begin().await?;
-    let subscribers =
-        fetch!(tx, (String,), "SELECT user_id FROM subscribers WHERE issue_id = $1 ORDER BY user_id", issue)?;
+    let subscribers: Vec<(String,)> = tx
+        .query("SELECT user_id FROM subscribers WHERE issue_id = $1 ORDER BY user_id")
+        .bind(issue)
+        .fetch_all()
+        .await?;
     tx.commit().await?;
     let what = match event.action.as_str() {
         "status_changed" => format!(
@@ -169,17 +151,19 @@ async fn chat_webhook(event: &Event, cx: &Context) -> Result<(), InboxError> {
 async fn external_sync(event: &Event, cx: &Context) -> Result<(), InboxError> {
     let issue: i64 = event.subject.id.parse().map_err(|_| InboxError::give_up("issue ids are integers"))?;
     let mut tx = cx.store().begin().await?;
-    let linked =
-        fetch!(tx, (String,), "SELECT external_id FROM issues WHERE id = $1 AND external_id IS NOT NULL", issue)?;
+    let linked: Vec<(String,)> = tx
+        .query("SELECT external_id FROM issues WHERE id = $1 AND external_id IS NOT NULL")
+        .bind(issue)
+        .fetch_all()
+        .await?;
     if let Some((external_id,)) = linked.first() {
         let what = format!("{} {}", event.action, event.meta("to").and_then(|v| v.as_str()).unwrap_or(""));
-        exec!(
-            tx,
-            "INSERT INTO syncs (seq, external_id, what) VALUES ($1, $2, $3)",
-            SEQ.fetch_add(1, Ordering::SeqCst),
-            external_id,
-            what.trim()
-        )?;
+        tx.query("INSERT INTO syncs (seq, external_id, what) VALUES ($1, $2, $3)")
+            .bind(SEQ.fetch_add(1, Ordering::SeqCst))
+            .bind(external_id)
+            .bind(what.trim())
+            .execute()
+            .await?;
     }
     tx.commit().await?;
     Ok(())
@@ -192,8 +176,12 @@ async fn auto_assign(event: &Event, cx: &Context) -> Result<(), InboxError> {
     let issue: i64 = event.subject.id.parse().map_err(|_| InboxError::give_up("issue ids are integers"))?;
     let mut tx = cx.begin().await?; // events recorded here carry the trigger as their cause
     let assignee = if issue % 2 == 1 { "bob" } else { "carol" };
-    exec!(tx, "UPDATE issues SET assignee = $1 WHERE id = $2", assignee, issue)?;
-    exec!(tx, "INSERT INTO subscribers (issue_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING", issue, assignee)?;
+    tx.query("UPDATE issues SET assignee = $1 WHERE id = $2").bind(assignee).bind(issue).execute().await?;
+    tx.query("INSERT INTO subscribers (issue_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+        .bind(issue)
+        .bind(assignee)
+        .execute()
+        .await?;
     tx.record(&event.subject, IssueAction::Assigned, Actor::system()).metadata(json!({ "assignee": assignee })).await?;
     tx.commit().await?;
     Ok(())
@@ -234,10 +222,7 @@ async fn open_store() -> Result<(Store, Option<String>), Box<dyn std::error::Err
 async fn scenario(store: &Store) -> Result<(), Box<dyn std::error::Error>> {
     let mut tx = store.begin().await?;
     for statement in SCHEMA {
-        match tx.connection() {
-            herald::Connection::Sqlite(c) => sqlx::query(statement).execute(c).await.map(|_| ())?,
-            herald::Connection::Postgres(c) => sqlx::query(statement).execute(c).await.map(|_| ())?,
-        }
+        tx.query(statement).execute().await?;
     }
     tx.commit().await?;
 
@@ -323,8 +308,9 @@ async fn scenario(store: &Store) -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let mut tx = store.begin().await?;
-    let emails = fetch!(tx, (String, String), "SELECT to_user, subject FROM emails ORDER BY seq")?;
-    let syncs = fetch!(tx, (String, String), "SELECT external_id, what FROM syncs ORDER BY seq")?;
+    let emails: Vec<(String, String)> =
+        tx.query("SELECT to_user, subject FROM emails ORDER BY seq").fetch_all().await?;
+    let syncs: Vec<(String, String)> = tx.query("SELECT external_id, what FROM syncs ORDER BY seq").fetch_all().await?;
     drop(tx);
     println!("\n== inboxes");
     println!("email_notifications: {} emails written", emails.len());
@@ -367,16 +353,15 @@ async fn create_issue(
 ) -> herald::Result<Subject> {
     let subject = Subject::new("issue", id);
     let mut tx = store.begin().await?;
-    exec!(
-        tx,
-        "INSERT INTO issues (id, title, status, external_id) VALUES ($1, $2, $3, $4)",
-        id,
-        title,
-        IssueStatus::initial(),
-        external_id
-    )?;
+    tx.query("INSERT INTO issues (id, title, status, external_id) VALUES ($1, $2, $3, $4)")
+        .bind(id)
+        .bind(title)
+        .bind(IssueStatus::initial().name())
+        .bind(external_id)
+        .execute()
+        .await?;
     for user in std::iter::once(by.id.as_str()).chain(watchers.iter().copied()) {
-        exec!(tx, "INSERT INTO subscribers (issue_id, user_id) VALUES ($1, $2)", id, user)?;
+        tx.query("INSERT INTO subscribers (issue_id, user_id) VALUES ($1, $2)").bind(id).bind(user).execute().await?;
     }
     tx.record(&subject, IssueAction::Created, by).metadata(json!({ "title": title })).await?;
     tx.commit().await?;

@@ -24,9 +24,9 @@ pub use event_core::{
     Action, Actor, Backend, BlockedKey, Connection, Context, Cursor, DeadLetter, DeadLetterPage, DeadLetters,
     Dispatcher, DispatcherBuilder, Drained, Error, Event, EventId, Feed, Fired, Idempotent, InboxDef, InboxError,
     InboxStatus, InvalidTransition, Key, MAX_ID_BYTES, MAX_METADATA_DEPTH, MAX_NAME_BYTES, NewEvent, OpenWriter, Page,
-    Pages, Record, Recorded, Registry, Resources, Result, StartFrom, StateMachine, Store, Subject, Throttled,
-    Transaction, Transition, UnknownState, Unreadable, action, declare_actions, dispatch, feed, inbox, state_machine,
-    transition,
+    Pages, Query, Record, Recorded, Registry, Resources, Result, StartFrom, StateMachine, Store, Subject, Throttled,
+    Transaction, Transition, UnknownState, Unreadable, Value, action, declare_actions, dispatch, feed, inbox, query,
+    state_machine, transition,
 };
 
 /// Derives [`StateMachine`](trait@StateMachine) for an enum of unit variants: the
@@ -230,6 +230,10 @@ pub use event_macros::inbox;
 /// ```
 #[cfg(feature = "testing")]
 pub use event_core::testing;
+
+/// The sqlx Herald is built on, for your own queries and pools: use it instead of
+/// a direct dependency so the versions cannot drift apart.
+pub use event_core::__private::sqlx;
 
 /// The names most programs need: `use herald::prelude::*;`.
 pub mod prelude {

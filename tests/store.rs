@@ -531,3 +531,72 @@ backend_test!(one_event_per_idempotency_key_even_under_racing_writers, |store| a
     tx.commit().await.unwrap();
     assert_eq!(count_events(&store).await, 4);
 });
+
+// A user's own SQL on a Herald transaction had to be written once per backend (the
+// example and the tests carried `exec!`/`fetch!` macros matching on the connection).
+// One query, `$n` placeholders, common values, rows by `FromRow`, on both.
+backend_test!(your_own_sql_is_written_once_for_both_backends, |store| async move {
+    let mut tx = store.begin().await.unwrap();
+    tx.query(
+        "CREATE TABLE orders (id BIGINT PRIMARY KEY, customer TEXT, paid BOOLEAN NOT NULL, total DOUBLE PRECISION, \
+         lines JSONB, placed_at TIMESTAMPTZ, event_id BIGINT)",
+    )
+    .execute()
+    .await
+    .unwrap();
+    let placed = chrono::DateTime::parse_from_rfc3339("2026-12-04T10:00:00Z").unwrap().with_timezone(&Utc);
+    let event = tx.record(Subject::new("order", 1), "placed", Actor::system()).await.unwrap();
+    let inserted = tx
+        .query("INSERT INTO orders (id, customer, paid, total, lines, placed_at, event_id) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+        .bind(1)
+        .bind("alice")
+        .bind(true)
+        .bind(12.5)
+        .bind(json!([{ "sku": "A1", "qty": 2 }]))
+        .bind(placed)
+        .bind(event.id)
+        .execute()
+        .await
+        .unwrap();
+    assert_eq!(inserted, 1);
+    // Typed NULLs: PostgreSQL takes each for a column of its type.
+    tx.query("INSERT INTO orders (id, customer, paid, total, lines, placed_at, event_id) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+        .bind(2_i64)
+        .bind(None::<String>)
+        .bind(false)
+        .bind(None::<f64>)
+        .bind(None::<serde_json::Value>)
+        .bind(None::<chrono::DateTime<Utc>>)
+        .bind(None::<i64>)
+        .execute()
+        .await
+        .unwrap();
+    type Row = (
+        i64,
+        Option<String>,
+        bool,
+        Option<f64>,
+        Option<sqlx::types::Json<serde_json::Value>>,
+        Option<chrono::DateTime<Utc>>,
+    );
+    let rows: Vec<Row> = tx
+        .query("SELECT id, customer, paid, total, lines, placed_at FROM orders ORDER BY id")
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!((rows[0].0, rows[0].1.as_deref(), rows[0].2, rows[0].3), (1, Some("alice"), true, Some(12.5)));
+    assert_eq!(rows[0].4.as_ref().map(|j| j.0.clone()), Some(json!([{ "sku": "A1", "qty": 2 }])));
+    assert_eq!(rows[0].5, Some(placed));
+    assert_eq!((rows[1].1.as_deref(), rows[1].3, rows[1].5), (None, None, None));
+
+    let (id,): (i64,) = tx.query("SELECT event_id FROM orders WHERE id = $1").bind(1).fetch_one().await.unwrap();
+    assert_eq!(id, event.id.0);
+    let none: Option<(i64,)> = tx.query("SELECT id FROM orders WHERE id = $1").bind(99).fetch_optional().await.unwrap();
+    assert_eq!(none, None);
+    let err = tx.query("SELECT id FROM orders WHERE id = $1").bind(99).fetch_one::<(i64,)>().await.unwrap_err();
+    assert!(matches!(err, Error::Database(_)), "{err:?}");
+    let err = tx.query("SELECT nope FROM orders").execute().await.unwrap_err();
+    assert!(matches!(err, Error::Database(_)) && err.to_string().contains("nope"), "{err}");
+    tx.commit().await.unwrap();
+});

@@ -53,6 +53,7 @@ pub mod feed;
 pub mod inbox;
 mod macro_support;
 mod model;
+pub mod query;
 mod record;
 pub mod state_machine;
 mod store;
@@ -68,6 +69,7 @@ pub use inbox::{Context, InboxDef, InboxError, Key, Registry, Resources, StartFr
 pub use model::{
     Actor, Event, EventId, MAX_ID_BYTES, MAX_METADATA_DEPTH, MAX_NAME_BYTES, NewEvent, Subject, Unreadable,
 };
+pub use query::{Query, Value};
 pub use record::{Idempotent, Record, Recorded, Throttled};
 pub use state_machine::{InvalidTransition, StateMachine, Transition, UnknownState};
 pub use store::{Backend, Connection, DeadLetterPage, DeadLetters, Store, Transaction};
