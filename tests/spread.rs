@@ -392,6 +392,13 @@ backend_test!(a_keyless_spread_inbox_runs_its_chunks_side_by_side, |store| async
     assert_eq!((status[0].pending, status[0].retrying, status[0].dead), (Some(0), 0, 0), "{status:?}");
 });
 
+/// Runs one statement built by the test (a chunk row) on either backend.
+async fn insert_chunk(store: &Store, sql: String) {
+    let mut tx = store.begin().await.unwrap();
+    tx.query(sqlx::AssertSqlSafe(sql)).execute().await.expect("insert chunk");
+    tx.commit().await.unwrap();
+}
+
 // A worker that dies holding a chunk (here a "ghost" whose lease ran out, and a
 // second chunk of the same partition waiting behind it; kill -9 for real is
 // tests/processes.rs): the chunk is split into delivery rows, each counted one
@@ -432,12 +439,7 @@ backend_test!(a_chunk_whose_worker_died_runs_again_in_order, |store| async move 
         }
     };
     for sql in [chunk(first, Some("ghost")), chunk(second, None)] {
-        match (store.sqlite_pool(), store.postgres_pool()) {
-            (Some(p), _) => sqlx::query(sqlx::AssertSqlSafe(sql)).execute(p).await.map(|r| r.rows_affected()),
-            (_, Some(p)) => sqlx::query(sqlx::AssertSqlSafe(sql)).execute(p).await.map(|r| r.rows_affected()),
-            _ => unreachable!("a store has one pool"),
-        }
-        .expect("insert chunk");
+        insert_chunk(&store, sql).await;
     }
     let drained = b.drain().await.unwrap();
     assert_eq!(drained.delivered, 20);
@@ -455,12 +457,7 @@ backend_test!(a_chunk_whose_worker_died_runs_again_in_order, |store| async move 
         .build()
         .unwrap();
     for sql in [chunk(first, Some("ghost")), chunk(second, None)] {
-        match (store.sqlite_pool(), store.postgres_pool()) {
-            (Some(p), _) => sqlx::query(sqlx::AssertSqlSafe(sql)).execute(p).await.map(|r| r.rows_affected()),
-            (_, Some(p)) => sqlx::query(sqlx::AssertSqlSafe(sql)).execute(p).await.map(|r| r.rows_affected()),
-            _ => unreachable!("a store has one pool"),
-        }
-        .expect("insert chunk");
+        insert_chunk(&store, sql).await;
     }
     c.drain().await.unwrap();
     let dead = store.dead_letters(None).await.unwrap().letters;

@@ -729,13 +729,20 @@ impl<'c> Transaction<'c> {
         self.track(checked)
     }
 
-    /// Writes one validated event; returns it as stored.
-    pub(crate) async fn insert(&mut self, event: NewEvent) -> Result<Event> {
+    /// Validates `event`, links it to this transaction's cause, and checks what every
+    /// write checks first (restored databases, the causation depth).
+    async fn prepared(&mut self, event: NewEvent) -> Result<NewEvent> {
         event.validate()?;
         let event = self.caused(event);
         self.check_ids().await?;
         self.check_cause_depth(&[&event]).await?;
         self.recorded.store(true, Ordering::Relaxed);
+        Ok(event)
+    }
+
+    /// Writes one validated event; returns it as stored.
+    pub(crate) async fn insert(&mut self, event: NewEvent) -> Result<Event> {
+        let event = self.prepared(event).await?;
         let inserted = match &mut self.inner {
             TxInner::Sqlite(tx) => sqlite::insert(tx, event).await,
             TxInner::Postgres(tx) => postgres::insert(tx, event).await,
@@ -745,11 +752,7 @@ impl<'c> Transaction<'c> {
 
     /// Writes `event` unless an event with its idempotency key exists.
     pub(crate) async fn insert_idempotent(&mut self, event: NewEvent) -> Result<crate::Recorded> {
-        event.validate()?;
-        let event = self.caused(event);
-        self.check_ids().await?;
-        self.check_cause_depth(&[&event]).await?;
-        self.recorded.store(true, Ordering::Relaxed);
+        let event = self.prepared(event).await?;
         let inserted = match &mut self.inner {
             TxInner::Sqlite(tx) => sqlite::insert_idempotent(tx, event).await,
             TxInner::Postgres(tx) => postgres::insert_idempotent(tx, event).await,
@@ -760,11 +763,7 @@ impl<'c> Transaction<'c> {
     /// Writes `event` unless one with the same subject and action exists within
     /// `window`. A window reaching back before the year 1 means "ever".
     pub(crate) async fn insert_throttled(&mut self, event: NewEvent, window: Duration) -> Result<Option<Event>> {
-        event.validate()?;
-        let event = self.caused(event);
-        self.check_ids().await?;
-        self.check_cause_depth(&[&event]).await?;
-        self.recorded.store(true, Ordering::Relaxed);
+        let event = self.prepared(event).await?;
         let inserted = match &mut self.inner {
             TxInner::Sqlite(tx) => sqlite::insert_throttled(tx, event, window).await,
             TxInner::Postgres(tx) => postgres::insert_throttled(tx, event, window).await,
@@ -788,10 +787,7 @@ impl<'c> Transaction<'c> {
     /// Compare-and-swap of the state plus the `status_changed` event, atomically;
     /// `None` (and nothing written) when the state was no longer `swap.from`.
     pub(crate) async fn swap_state(&mut self, swap: Swap, event: NewEvent) -> Result<Option<Event>> {
-        let event = self.caused(event);
-        self.check_ids().await?;
-        self.check_cause_depth(&[&event]).await?;
-        self.recorded.store(true, Ordering::Relaxed);
+        let event = self.prepared(event).await?;
         let swapped = match &mut self.inner {
             TxInner::Sqlite(tx) => sqlite::swap_state(tx, swap, event).await,
             TxInner::Postgres(tx) => match self.store.column_types(tx, swap.storage).await {
