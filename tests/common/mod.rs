@@ -49,15 +49,14 @@ impl TestDb {
 
 /// Rows in `herald_events`, by raw SQL.
 pub async fn count_events(store: &Store) -> i64 {
-    match (store.sqlite_pool(), store.postgres_pool()) {
-        (Some(p), _) => sqlx::query_scalar("SELECT COUNT(*) FROM herald_events").fetch_one(p).await,
-        (_, Some(p)) => sqlx::query_scalar("SELECT COUNT(*) FROM herald_events").fetch_one(p).await,
-        _ => unreachable!("a store has one pool"),
-    }
-    .expect("count events")
+    let mut tx = store.begin().await.expect("begin");
+    let (n,): (i64,) = tx.query("SELECT COUNT(*) FROM herald_events").fetch_one().await.expect("count events");
+    tx.commit().await.expect("commit");
+    n
 }
 
-/// Runs a raw statement on either backend, returning the affected rows or the error.
+/// Runs a raw statement on either backend, outside any transaction (`VACUUM` cannot
+/// run in one), returning the affected rows or the error.
 pub async fn execute(store: &Store, sql: &'static str) -> Result<u64, sqlx::Error> {
     match (store.sqlite_pool(), store.postgres_pool()) {
         (Some(p), _) => sqlx::query(sql).execute(p).await.map(|r| r.rows_affected()),
@@ -103,44 +102,34 @@ pub async fn create_handled(store: &Store) {
 }
 
 /// Notes that `inbox` ran for `event` (attempt `attempt`) in the `handled` table.
-pub async fn note(store: &Store, inbox: &str, event: &herald::Event, attempt: u32) -> Result<(), sqlx::Error> {
+pub async fn note(store: &Store, inbox: &str, event: &herald::Event, attempt: u32) -> herald::Result<()> {
     let at = chrono::Utc::now().timestamp_micros();
-    let sql_sqlite = "INSERT INTO handled (inbox, event_id, attempt, at_micros) VALUES (?, ?, ?, ?)";
-    let sql_pg = "INSERT INTO handled (inbox, event_id, attempt, at_micros) VALUES ($1, $2, $3, $4)";
-    match (store.sqlite_pool(), store.postgres_pool()) {
-        (Some(p), _) => {
-            sqlx::query(sql_sqlite).bind(inbox).bind(event.id.0).bind(attempt as i32).bind(at).execute(p).await?;
-        }
-        (_, Some(p)) => {
-            sqlx::query(sql_pg).bind(inbox).bind(event.id.0).bind(attempt as i32).bind(at).execute(p).await?;
-        }
-        _ => unreachable!("a store has one pool"),
-    }
-    Ok(())
+    let mut tx = store.begin().await?;
+    tx.query("INSERT INTO handled (inbox, event_id, attempt, at_micros) VALUES ($1, $2, $3, $4)")
+        .bind(inbox)
+        .bind(event.id)
+        .bind(attempt)
+        .bind(at)
+        .execute()
+        .await?;
+    tx.commit().await
 }
 
 /// `(inbox, event_id, attempt, at_micros)` rows of `handled`, in insertion order.
 pub async fn handled(store: &Store) -> Vec<(String, i64, i32, i64)> {
     let sql = "SELECT inbox, event_id, attempt, at_micros FROM handled ORDER BY at_micros, inbox";
-    match (store.sqlite_pool(), store.postgres_pool()) {
-        (Some(p), _) => sqlx::query_as(sql).fetch_all(p).await,
-        (_, Some(p)) => sqlx::query_as(sql).fetch_all(p).await,
-        _ => unreachable!("a store has one pool"),
-    }
-    .expect("read handled")
+    let mut tx = store.begin().await.expect("begin");
+    let rows = tx.query(sql).fetch_all().await.expect("read handled");
+    tx.commit().await.expect("commit");
+    rows
 }
 
 /// Whether a row exists in `switches` named `name` (tests flip behaviour with it).
 pub async fn switch_on(store: &Store, name: &str) -> bool {
-    let found: Result<Option<String>, _> = match (store.sqlite_pool(), store.postgres_pool()) {
-        (Some(p), _) => {
-            sqlx::query_scalar("SELECT name FROM switches WHERE name = ?").bind(name).fetch_optional(p).await
-        }
-        (_, Some(p)) => {
-            sqlx::query_scalar("SELECT name FROM switches WHERE name = $1").bind(name).fetch_optional(p).await
-        }
-        _ => unreachable!("a store has one pool"),
-    };
+    let Ok(mut tx) = store.begin().await else { return false };
+    let found: herald::Result<Option<(String,)>> =
+        tx.query("SELECT name FROM switches WHERE name = $1").bind(name).fetch_optional().await;
+    let _ = tx.commit().await;
     matches!(found, Ok(Some(_)))
 }
 
